@@ -1,0 +1,52 @@
+# trackd — see README.md. Every target works on a fresh machine with Go.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/trackd/trackd/agent.Version=$(VERSION)
+BIN     := bin
+CONFIG  ?= config.example.yaml
+FUZZTIME ?= 15s
+
+.PHONY: all build run test test-gomaxprocs1 fuzz bench bench-load demo fmt fmt-check lint vuln clean test-reliability
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trackd ./cmd/trackd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trackd-bench ./cmd/trackd-bench
+
+## run: trackd in the foreground on the example config (spool under ./data/).
+run: build
+	$(BIN)/trackd run -config $(CONFIG)
+
+## test: vet, then every test with the race detector.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+## test-gomaxprocs1: the suite once more on one P, to shake out ordering assumptions.
+test-gomaxprocs1:
+	GOMAXPROCS=1 $(GO) test -count=1 ./...
+
+## fuzz: a short run of every fuzz target (FUZZTIME each); corpora live in testdata/.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzPrepare$$' -fuzztime $(FUZZTIME) ./agent/event
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./spool
+
+## bench: micro-benchmarks, then the load tool against a real trackd.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./spool ./agent/event ./forwarder
+	$(BIN)/trackd-bench ingest -duration 10s
+	$(BIN)/trackd-bench forward -events 20000
+
+demo: build
+	bash packaging/demo.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## fmt-check: fails when gofmt would change a file.
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf $(BIN) data .demo

@@ -1,0 +1,193 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/trackd/trackd/agent/config"
+	"github.com/trackd/trackd/forwarder"
+	"github.com/trackd/trackd/spool"
+)
+
+// Version is trackd's version, set at build time with
+// -ldflags "-X github.com/trackd/trackd/agent.Version=...".
+var Version = "dev"
+
+// Agent is one running trackd: spool, listeners and forwarder.
+type Agent struct {
+	cfg config.Config
+	log *slog.Logger
+
+	spool     *spool.Spool
+	forwarder *forwarder.Forwarder
+	frontend  *Frontend
+
+	cancel   context.CancelFunc // ends the forwarder's context
+	closed   sync.Once
+	closeErr error
+}
+
+// New returns an Agent for cfg, which must have passed cfg.Validate.
+func New(cfg config.Config, log *slog.Logger) *Agent {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Agent{cfg: cfg, log: log}
+}
+
+// Start opens the spool, binds the listeners and starts forwarding. On error
+// everything it had opened is closed again.
+func (a *Agent) Start() (err error) {
+	cfg := a.cfg
+	policy := spool.Reject
+	if cfg.Spool.WhenFull == config.WhenFullDropOldest {
+		policy = spool.DropOldest
+	}
+	a.spool, err = spool.Open(spool.Options{
+		Path:     cfg.Spool.Path,
+		MaxBytes: int64(cfg.Spool.MaxBytes),
+		MaxAge:   cfg.Spool.MaxAge.D(),
+		WhenFull: policy,
+		Logger:   a.log.With("component", "spool"),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.spool.Close()
+		}
+	}()
+	if q := a.spool.Stats().Quarantined; q != "" {
+		a.log.Error("the spool file was unreadable; it was moved aside and a fresh spool started", "path", cfg.Spool.Path, "moved_to", q)
+	}
+
+	a.forwarder, err = forwarder.New(a.spool, forwarder.Options{
+		URL:          cfg.Upstream.URL,
+		Timeout:      cfg.Upstream.Timeout.D(),
+		Rate:         cfg.Upstream.Rate,
+		Burst:        cfg.Upstream.Burst,
+		Concurrency:  cfg.Upstream.Concurrency,
+		RetryInitial: cfg.Upstream.Retry.Initial.D(),
+		RetryMax:     cfg.Upstream.Retry.Max.D(),
+		MaxAge:       cfg.Spool.MaxAge.D(),
+		UserAgent:    "trackd/" + Version,
+		Logger:       a.log.With("component", "forwarder"),
+	})
+	if err != nil {
+		return fmt.Errorf("start forwarder: %w", err)
+	}
+
+	a.frontend, err = StartFrontend(cfg, FrontendOptions{
+		Store:          a.spool,
+		SpoolStats:     a.spool.Stats,
+		ForwarderStats: a.forwarder.Stats,
+		Status:         a.Status,
+	}, a.log)
+	if err != nil {
+		return err
+	}
+
+	var ctx context.Context
+	ctx, a.cancel = context.WithCancel(context.Background())
+	a.forwarder.Start(ctx)
+	st := a.spool.Stats()
+	a.log.Info("trackd started", "version", Version, "spool", cfg.Spool.Path, "spool_depth", st.Queued, "upstream", redactURL(cfg.Upstream.URL))
+	return nil
+}
+
+// Addrs returns the bound listener addresses.
+func (a *Agent) Addrs() []net.Addr { return a.frontend.Addrs() }
+
+// Err yields an error if a listener fails while serving, which should stop
+// the process.
+func (a *Agent) Err() <-chan error { return a.frontend.Err() }
+
+// Close shuts down in reverse order of Start: the listeners stop accepting
+// and in-flight requests finish, the forwarder drains while upstream accepts,
+// and the spool is closed. It returns when all goroutines are gone; ctx bounds
+// how long the first two steps may take.
+func (a *Agent) Close(ctx context.Context) error {
+	a.closed.Do(func() {
+		var errs []error
+		if err := a.frontend.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		// The drain may use what is left of ctx but a tenth, which is kept
+		// for closing the spool.
+		fctx := ctx
+		if dl, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			fctx, cancel = context.WithDeadline(ctx, dl.Add(-time.Until(dl)/10))
+			defer cancel()
+		}
+		if err := a.forwarder.Shutdown(fctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("stop forwarder: %w", err))
+		}
+		a.cancel()
+		st := a.spool.Stats()
+		if err := a.spool.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		a.log.Info("trackd stopped", "spool_depth", st.Queued, "dead_letters", st.Dead)
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
+}
+
+// Status is the body of GET /status: what an operator checks first.
+func (a *Agent) Status() any {
+	st := a.spool.Stats()
+	fw := a.forwarder.Stats()
+	oldest := ""
+	if !st.Oldest.IsZero() {
+		oldest = time.Since(st.Oldest).Round(time.Millisecond).String()
+	}
+	paused := ""
+	if fw.PausedUntil.After(time.Now()) {
+		paused = fw.PausedUntil.UTC().Format(time.RFC3339)
+	}
+	ready := "ready"
+	if err := a.frontend.Ready(); err != nil {
+		ready = err.Error()
+	}
+	return map[string]any{
+		"status":  "success",
+		"version": Version,
+		"ready":   ready,
+		"spool": map[string]any{
+			"path":            a.spool.Path(),
+			"queued":          st.Queued,
+			"queued_bytes":    st.QueuedBytes,
+			"dead_letters":    st.Dead,
+			"file_bytes":      st.FileBytes,
+			"oldest_age":      oldest,
+			"dropped_max_age": st.DroppedExpired,
+			"dropped_full":    st.DroppedFull,
+		},
+		"forwarder": map[string]any{
+			"upstream":      redactURL(a.cfg.Upstream.URL),
+			"delivered":     fw.Delivered,
+			"dead_lettered": fw.DeadLettered,
+			"retries":       fw.Retried,
+			"throttled":     fw.Throttled,
+			"rate_limit":    fw.RateLimit,
+			"paused_until":  paused,
+		},
+	}
+}
+
+// redactURL hides credentials a URL may carry, for logs and status.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
