@@ -30,6 +30,8 @@ test-gomaxprocs1:
 ## fuzz: a short run of every fuzz target (FUZZTIME each); corpora live in testdata/.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPrepare$$' -fuzztime $(FUZZTIME) ./agent/event
+	$(GO) test -run '^$$' -fuzz '^FuzzTimestamp$$' -fuzztime $(FUZZTIME) ./agent/event
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./spool
 
 ## bench: micro-benchmarks, then the load tool against a real trackd.

@@ -51,6 +51,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := dispatch(ctx, args, stdout, stderr)
 	var ue *usageError
 	var ce *config.Error
+	var cfe *configError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
@@ -59,6 +60,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	case errors.As(err, &ce):
 		fmt.Fprintf(stderr, "trackd: invalid config:\n%s\n", ce.Error())
+		return exitUsage
+	case errors.As(err, &cfe):
+		fmt.Fprintf(stderr, "trackd: %s\n", cfe.err)
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "trackd: %s\n", err)
@@ -116,9 +120,19 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// configError is a config that could not be read or is invalid; it exits 2.
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
+
 // loadConfig loads and validates the config file at path.
 func loadConfig(path string) (config.Config, error) {
-	return config.Load(path, os.LookupEnv)
+	cfg, err := config.Load(path, os.LookupEnv)
+	if err != nil {
+		return cfg, &configError{err}
+	}
+	return cfg, nil
 }
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {

@@ -121,22 +121,31 @@ func decodeRecordHead(v []byte) (recordHead, error) {
 	}, nil
 }
 
-// decodeRecord checks and decodes a queue value stored under key. The body
-// is copied, so the result stays valid after the transaction ends.
-func decodeRecord(key, v []byte) (Record, error) {
-	id, ok := decodeKey(key)
-	if !ok {
-		return Record{}, fmt.Errorf("%w: key is %d bytes, want %d", errBadRecord, len(key), keySize)
+// verifyRecord checks a queue value stored under key, checksum included,
+// and returns its header.
+func verifyRecord(key, v []byte) (recordHead, error) {
+	if len(key) != keySize {
+		return recordHead{}, fmt.Errorf("%w: key is %d bytes, want %d", errBadRecord, len(key), keySize)
 	}
 	h, err := decodeRecordHead(v)
 	if err != nil {
-		return Record{}, err
+		return recordHead{}, err
 	}
 	if got, want := checksum(key, v, recordCRCAt), binary.BigEndian.Uint32(v[recordCRCAt:]); got != want {
-		return Record{}, fmt.Errorf("%w: checksum mismatch", errBadRecord)
+		return recordHead{}, fmt.Errorf("%w: checksum mismatch", errBadRecord)
+	}
+	return h, nil
+}
+
+// decodeRecord checks and decodes a queue value stored under key. The body
+// is copied, so the result stays valid after the transaction ends.
+func decodeRecord(key, v []byte) (Record, error) {
+	h, err := verifyRecord(key, v)
+	if err != nil {
+		return Record{}, err
 	}
 	return Record{
-		ID:       id,
+		ID:       binary.BigEndian.Uint64(key),
 		Kind:     h.kind,
 		Body:     append([]byte(nil), v[recordHeader:]...),
 		Received: fromNanos(h.received),

@@ -97,6 +97,10 @@ type Options struct {
 
 	// tune overrides bbolt tuning; benchmarks use it to compare settings.
 	tune *tuning
+
+	// failCommit, if set, is called at the end of every write transaction;
+	// an error it returns fails the commit. Tests use it to inject faults.
+	failCommit func() error
 }
 
 // tuning holds the bbolt settings the spool chooses. See defaultTuning.
@@ -271,16 +275,29 @@ func (s *Spool) Append(ctx context.Context, entries ...Entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	r, err := s.appendRequest(entries)
+	if err == nil {
+		err = s.do(ctx, r)
+	}
+	if err != nil {
+		return fmt.Errorf("append to spool %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// appendRequest checks and encodes entries in the caller's goroutine, so
+// the writer only assigns IDs, checksums and stores them.
+func (s *Spool) appendRequest(entries []Entry) (*request, error) {
 	r := &request{op: opAppend, vals: make([][]byte, len(entries))}
 	now := int64(0)
 	for i, e := range entries {
 		if !e.Kind.valid() {
-			return fmt.Errorf("append to spool %s: entry %d has unknown kind %d", s.path, i, uint8(e.Kind))
+			return nil, fmt.Errorf("entry %d has unknown kind %d", i, uint8(e.Kind))
 		}
 		size := int64(keySize + recordHeader + len(e.Body))
 		if len(e.Body) > maxBodyBytes || (s.opts.MaxBytes > 0 && size > s.opts.MaxBytes) {
-			return fmt.Errorf("append to spool %s: entry %d needs %d bytes, more than the spool holds (max_bytes %d): %w",
-				s.path, i, size, s.opts.MaxBytes, ErrTooLarge)
+			return nil, fmt.Errorf("entry %d needs %d bytes, more than the spool holds (max_bytes %d): %w",
+				i, size, s.opts.MaxBytes, ErrTooLarge)
 		}
 		received := unixNanos(e.Received)
 		if e.Received.IsZero() {
@@ -293,13 +310,10 @@ func (s *Spool) Append(ctx context.Context, entries ...Entry) error {
 		r.bytes += size
 	}
 	if s.opts.MaxBytes > 0 && r.bytes > s.opts.MaxBytes {
-		return fmt.Errorf("append to spool %s: %d entries need %d bytes together, more than the spool holds (max_bytes %d): %w",
-			s.path, len(entries), r.bytes, s.opts.MaxBytes, ErrTooLarge)
+		return nil, fmt.Errorf("%d entries need %d bytes together, more than the spool holds (max_bytes %d): %w",
+			len(entries), r.bytes, s.opts.MaxBytes, ErrTooLarge)
 	}
-	if err := s.do(ctx, r); err != nil {
-		return fmt.Errorf("append to spool %s: %w", s.path, err)
-	}
-	return nil
+	return r, nil
 }
 
 // Delete removes queued records, typically after delivery. IDs that are

@@ -185,8 +185,12 @@ func (c Config) Marshal() ([]byte, error) {
 
 // SlogLevel returns log.level as a slog.Level; a value that Validate would
 // reject gives slog.LevelInfo.
-func (c Config) SlogLevel() slog.Level {
-	switch c.Log.Level {
+func (c Config) SlogLevel() slog.Level { return c.Log.SlogLevel() }
+
+// SlogLevel returns Level as a slog.Level; a value that Validate would reject
+// gives slog.LevelInfo.
+func (l Log) SlogLevel() slog.Level {
+	switch l.Level {
 	case "debug":
 		return slog.LevelDebug
 	case "warn":

@@ -102,7 +102,10 @@ func TestSlogLevelFollowsLogLevel(t *testing.T) {
 		c := Default()
 		c.Log.Level = tc.level
 		if got := c.SlogLevel(); got != tc.want {
-			t.Errorf("SlogLevel() for %q = %v, want %v", tc.level, got, tc.want)
+			t.Errorf("Config.SlogLevel() for %q = %v, want %v", tc.level, got, tc.want)
+		}
+		if got := c.Log.SlogLevel(); got != tc.want {
+			t.Errorf("Log.SlogLevel() for %q = %v, want %v", tc.level, got, tc.want)
 		}
 	}
 }

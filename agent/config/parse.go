@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -98,9 +99,16 @@ func build(data []byte, lookupEnv func(string) (string, bool), baseDir *string) 
 // normalise puts values that have more than one acceptable spelling into
 // their canonical form.
 func (c *Config) normalise() {
-	c.Log.Level = strings.ToLower(c.Log.Level)
-	c.Log.Format = strings.ToLower(c.Log.Format)
-	c.Spool.WhenFull = strings.ToLower(c.Spool.WhenFull)
+	// Enum values are matched case-insensitively; an unknown one is left as
+	// written, so the error quotes what the file says.
+	for _, e := range []struct {
+		v       *string
+		allowed []string
+	}{{&c.Log.Level, logLevelValues}, {&c.Log.Format, logFormatValues}, {&c.Spool.WhenFull, whenFullValues}} {
+		if lower := strings.ToLower(*e.v); slices.Contains(e.allowed, lower) {
+			*e.v = lower
+		}
+	}
 	if u, err := url.Parse(c.Upstream.URL); err == nil && u.Host != "" {
 		c.Upstream.URL = strings.TrimRight(c.Upstream.URL, "/")
 	}
@@ -133,13 +141,13 @@ func (d *decoder) document(data []byte, c *Config) bool {
 		if errors.Is(err, io.EOF) {
 			return true // an empty file: all defaults
 		}
-		d.syntaxError(err)
+		d.syntaxError(err, data)
 		return false
 	}
 	var next yaml.Node
 	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
 		if err != nil {
-			d.syntaxError(err)
+			d.syntaxError(err, data)
 		} else {
 			d.addf("", next.Line, "the file must hold a single YAML document; another starts here")
 		}
@@ -152,7 +160,7 @@ func (d *decoder) document(data []byte, c *Config) bool {
 	return true
 }
 
-func (d *decoder) syntaxError(err error) {
+func (d *decoder) syntaxError(err error, data []byte) {
 	msg := err.Error()
 	line := 0
 	if m := yamlLineErr.FindStringSubmatch(msg); m != nil {
@@ -161,8 +169,18 @@ func (d *decoder) syntaxError(err error) {
 	} else {
 		msg = strings.TrimPrefix(msg, "yaml: ")
 	}
+	for i, l := range strings.Split(string(data), "\n") {
+		if bracketValue.MatchString(l) {
+			msg += fmt.Sprintf(" (line %d: a value that starts with [ is read as a YAML list; quote an IPv6 address, as in \"[::1]:8790\")", i+1)
+			break
+		}
+	}
 	d.addf("", line, "invalid YAML: %s", msg)
 }
+
+// bracketValue matches a line whose value is an unquoted bracketed IPv6
+// address, the likeliest cause of a syntax error in a trackd config.
+var bracketValue = regexp.MustCompile(`^\s*[\w-]+:\s*\[[^\]]*\]:`)
 
 // section decodes mapping node n into struct v. path is the key path of the
 // section ("" for the whole file) and line the line of its key.

@@ -89,7 +89,7 @@ var badValues = []struct {
 	{"listen.http port is at most 65535", "listen.http", "127.0.0.1:65536", "port must be a number from 0 to 65535"},
 	{"listen.http port is not negative", "listen.http", "127.0.0.1:-1", "port must be a number"},
 	{"listen.http IPv6 needs brackets", "listen.http", "::1:8790", "must be in brackets"},
-	{"listen.http brackets hold only IPv6", "listen.http", "[127.0.0.1]:80", "must be an IPv6 address"},
+	{"listen.http brackets hold only IPv6", "listen.http", `"[127.0.0.1]:80"`, "must be an IPv6 address"},
 	{"listen.http host is a name or an IP", "listen.http", "bad_host!:80", "IP address or a host name"},
 	{"listen.http is a string, not a list", "listen.http", "[127.0.0.1, 8790]", "must be a string; got a list"},
 	{"listen.http is a string, not a mapping", "listen.http", "{host: x}", "must be a string; got a mapping"},
@@ -179,6 +179,7 @@ var badValues = []struct {
 
 	{"log.level is an enum", "log.level", "verbose", "`log.level` must be one of debug, info, warn, error; got \"verbose\""},
 	{"log.level is not warning", "log.level", "warning", "must be one of debug, info, warn, error"},
+	{"log.level error quotes the value as written", "log.level", "LOUD", "got \"LOUD\""},
 	{"log.format is an enum", "log.format", "xml", "`log.format` must be one of text, json; got \"xml\""},
 
 	{"shutdown.timeout is positive", "shutdown.timeout", "0s", "must be positive, such as 20s"},
@@ -231,8 +232,8 @@ func TestGoodValuesAreAccepted(t *testing.T) {
 		{"listen.http accepts a host name", "listen.http", "localhost:80", func(c Config) bool { return c.Listen.HTTP == "localhost:80" }},
 		{"listen.http accepts port 0", "listen.http", "127.0.0.1:0", func(c Config) bool { return c.Listen.HTTP == "127.0.0.1:0" }},
 		{"listen.http accepts all interfaces", "listen.http", "0.0.0.0:8790", func(c Config) bool { return c.Listen.HTTP == "0.0.0.0:8790" }},
-		{"listen.http accepts bracketed IPv6", "listen.http", "[::]:8790", func(c Config) bool { return c.Listen.HTTP == "[::]:8790" }},
-		{"listen.http accepts an IPv6 zone", "listen.http", "[fe80::1%eth0]:8790", func(c Config) bool { return c.Listen.HTTP == "[fe80::1%eth0]:8790" }},
+		{"listen.http accepts bracketed IPv6", "listen.http", `"[::]:8790"`, func(c Config) bool { return c.Listen.HTTP == "[::]:8790" }},
+		{"listen.http accepts an IPv6 zone", "listen.http", `"[fe80::1%eth0]:8790"`, func(c Config) bool { return c.Listen.HTTP == "[fe80::1%eth0]:8790" }},
 		{"listen.http null means empty", "listen.http", "", nil},
 		{"listen.unix accepts 103 bytes", "listen.unix", "/tmp/" + strings.Repeat("s", 98), func(c Config) bool { return len(c.Listen.Unix) == 103 }},
 		{"listen.unix_mode bare number is octal", "listen.unix_mode", "660", func(c Config) bool { return c.Listen.UnixMode == 0o660 }},
@@ -329,9 +330,10 @@ func TestStructuralProblems(t *testing.T) {
 		{"a key that is not a name", "listen:\n  [a, b]: c\n", "listen", 2, "keys must be plain names; got a list"},
 		{"merge keys are refused", "base: &b\n  level: info\nlog:\n  <<: *b\n", "log", 4, "merge keys (<<) are not supported"},
 		{"YAML syntax error has its line", "log:\n  level: info\n  format: \"text\n", "", 0, "invalid YAML:"},
-		{"bad indentation is a syntax error", "log:\n  level: info\n format: text\n", "", 3, "invalid YAML:"},
+		{"bad indentation is a syntax error", "log:\n  level: info\n format: text\n", "", 0, "invalid YAML:"},
 		{"tabs are a syntax error", "log:\n\tlevel: info\n", "", 2, "invalid YAML:"},
-		{"a second document is refused", "log:\n  level: info\n---\nlog:\n  level: debug\n", "", 4, "the file must hold a single YAML document"},
+		{"an unquoted IPv6 address gets a hint", "listen:\n  http: [::1]:8790\n", "", 0, "(line 2: a value that starts with [ is read as a YAML list; quote an IPv6 address"},
+		{"a second document is refused", "log:\n  level: info\n---\nlog:\n  level: debug\n", "", 3, "the file must hold a single YAML document"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := mustFail(t, tc.doc, nil)
@@ -426,19 +428,16 @@ shutdown: 5s
 }
 
 func TestProblemsWithoutALineComeLast(t *testing.T) {
-	// The file sets max_body_bytes beyond what the default spool size can hold
-	// twice; that is reported against spool.max_bytes, which the file did not
-	// set, so it has no line and comes after the problems that have one.
+	// A cross-key rule is reported against the later key; when the file did
+	// not set that key, the problem has no line and comes after the problems
+	// that have one.
 	doc := "listen:\n  max_body_bytes: 64MiB\nlog:\n  level: loud\nspool:\n  max_bytes: 100MiB\n"
-	c := Default()
-	c.Spool.MaxBytes = 100 << 20
-	c.Listen.MaxBodyBytes = 64 << 20
 	ps := mustFail(t, doc, nil)
 	if len(ps) != 2 || ps[0].Key != "log.level" || ps[1].Key != "spool.max_bytes" || ps[1].Line != 6 {
 		t.Fatalf("got:\n%s", fmtProblems(ps))
 	}
-	ps = mustFail(t, "log:\n  level: loud\nlisten:\n  max_body_bytes: 64MiB\nupstream:\n  rate: 1\n  burst: 0\n", nil)
-	if len(ps) != 3 || ps[0].Key != "log.level" || ps[1].Key != "upstream.burst" || ps[2].Key != "spool.max_bytes" || ps[2].Line != 0 {
+	ps = mustFail(t, "log:\n  level: loud\nupstream:\n  retry:\n    initial: 10m\n  burst: 0\n", nil)
+	if len(ps) != 3 || ps[0].Key != "log.level" || ps[1].Key != "upstream.burst" || ps[2].Key != "upstream.retry.max" || ps[2].Line != 0 {
 		t.Fatalf("got:\n%s", fmtProblems(ps))
 	}
 }

@@ -1,8 +1,8 @@
 // Package event owns the check a request body must pass before trackd stores
 // it, and the two members trackd fills in: [Prepare] takes the bytes a client
-// posted to /api/v1/track or /api/v1/identify, applies the upstream API's
-// rules (docs: /work/shared/CONTRACT.md), and returns the bytes to store and
-// later forward.
+// posted to /api/v1/track or /api/v1/identify, applies the rules of the
+// upstream Track and Identify API, and returns the bytes to store and later
+// forward.
 //
 // # Promises
 //
@@ -53,8 +53,8 @@
 // maps, interfaces or strings. It allocates nothing but the growth of dst: a
 // caller that reuses dst (Prepare(buf[:0], ...)) allocates nothing for an
 // accepted body. Filling in members costs one more pass over the top-level
-// members when an occurrence must be removed. A rejected body costs the
-// allocation of its *Error.
+// members when an occurrence must be removed. A rejected body costs the small
+// allocations of its *Error and message.
 //
 // # Caveats
 //

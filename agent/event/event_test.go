@@ -283,8 +283,8 @@ func TestPrepareStamps(t *testing.T) {
 	}
 }
 
-func TestTimestampFormats(t *testing.T) {
-	valid := []string{
+var (
+	validTimestamps = []string{
 		"2021-12-02T00:30:08.276Z",
 		"2021-12-02T00:30:08Z",
 		"2021-12-02T00:30Z",
@@ -302,7 +302,7 @@ func TestTimestampFormats(t *testing.T) {
 		"2021-04-30T12:00Z",
 		"2021-01-31T12:00Z",
 	}
-	invalid := []string{
+	invalidTimestamps = []string{
 		"",
 		"2021-12-02",
 		"2021-12-02T00",
@@ -317,6 +317,9 @@ func TestTimestampFormats(t *testing.T) {
 		"2021-02-29T00:30Z", // not a leap year
 		"1900-02-29T00:30Z", // divisible by 100, not 400
 		"2021-04-31T00:30Z",
+		"2021-06-31T00:30Z",
+		"2021-09-31T00:30Z",
+		"2021-11-31T00:30Z",
 		"2021-12-02T24:00Z",
 		"2021-12-02T00:60Z",
 		"2021-12-02T00:30:61Z",
@@ -342,14 +345,17 @@ func TestTimestampFormats(t *testing.T) {
 		"２０２１-12-02T00:30Z",
 		"1638405008276",
 	}
-	for _, s := range valid {
-		if !validTimestamp([]byte(s)) {
-			t.Errorf("validTimestamp(%q) = false, want true", s)
+)
+
+func TestTimestampFormats(t *testing.T) {
+	for _, s := range validTimestamps {
+		if !validTimestamp([]byte(s)) || !refTimestamp(s) {
+			t.Errorf("validTimestamp(%q) = %v, reference %v; want true", s, validTimestamp([]byte(s)), refTimestamp(s))
 		}
 	}
-	for _, s := range invalid {
-		if validTimestamp([]byte(s)) {
-			t.Errorf("validTimestamp(%q) = true, want false", s)
+	for _, s := range invalidTimestamps {
+		if validTimestamp([]byte(s)) || refTimestamp(s) {
+			t.Errorf("validTimestamp(%q) = %v, reference %v; want false", s, validTimestamp([]byte(s)), refTimestamp(s))
 		}
 	}
 	// Through Prepare, including escapes that must be decoded first.

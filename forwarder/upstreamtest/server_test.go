@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -206,6 +205,7 @@ func TestDownRefusesUntilUp(t *testing.T) {
 		t.Fatal(a, err)
 	}
 	s.Down()
+	c.CloseIdleConnections() // a kept-alive connection would fail with EOF instead
 	_, err := post(t, c, url, goodTrack)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("while down: %v", err)
@@ -240,7 +240,7 @@ func TestAdminEndpoint(t *testing.T) {
 }
 
 func TestParseModeRoundTrip(t *testing.T) {
-	for _, spec := range []string{"normal", "retry-after=5,status=429", "delay=10ms", "hang", "rate=50", "burst=3,rate=2.5,rate-retry-after=1", "drop", "reset"} {
+	for _, spec := range []string{"normal", "retry-after=5,status=429", "delay=10ms", "hang", "rate=50", "burst=3,rate-retry-after=1,rate=2.5", "drop", "reset"} {
 		m, err := ParseMode(spec)
 		if err != nil {
 			t.Fatalf("%s: %v", spec, err)
@@ -266,5 +266,4 @@ func TestRetryAfterForms(t *testing.T) {
 	if err != nil || !when.Equal(now.Truncate(time.Second).Add(time.Second)) {
 		t.Fatalf("%s %v", got, err)
 	}
-	_ = strconv.Itoa
 }

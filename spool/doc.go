@@ -1,0 +1,4 @@
+// Package spool is trackd's durable queue of events.
+//
+// TODO: full documentation
+package spool
