@@ -155,17 +155,21 @@ func TestRateControlAIMD(t *testing.T) {
 	if c.limit() != 100 {
 		t.Fatal(c.limit())
 	}
-	// A 429 halves the rate once per round trip.
+	// A 429 halves the rate once per round trip, and at most once per
+	// decreaseEvery.
 	if changed, _ := c.throttled(t0.Add(time.Millisecond), t0.Add(2*time.Millisecond)); !changed || c.limit() != 50 {
 		t.Fatalf("after a 429: %v", c.limit())
 	}
-	if changed, _ := c.throttled(t0.Add(time.Millisecond), t0.Add(3*time.Millisecond)); changed || c.limit() != 50 {
+	if changed, _ := c.throttled(t0.Add(time.Millisecond), t0.Add(time.Second)); changed || c.limit() != 50 {
 		t.Fatalf("a 429 for a request sent before the decrease counted: %v", c.limit())
+	}
+	if changed, _ := c.throttled(t0.Add(3*time.Millisecond), t0.Add(4*time.Millisecond)); changed || c.limit() != 50 {
+		t.Fatalf("a 429 right after a decrease counted: %v", c.limit())
 	}
 	// Never below the floor.
 	at := t0.Add(time.Second)
 	for range 20 {
-		at = at.Add(time.Millisecond)
+		at = at.Add(decreaseEvery)
 		c.throttled(at, at)
 	}
 	if c.limit() != minRate {
@@ -223,6 +227,7 @@ func TestRateLimiterBurstShrinksWithRate(t *testing.T) {
 	now := time.Unix(1000, 0)
 	c.throttled(now, now)
 	c.throttled(now.Add(time.Second), now.Add(time.Second))
+
 	c.throttled(now.Add(2*time.Second), now.Add(2*time.Second)) // 12.5/s
 	later := now.Add(time.Hour)
 	n := 0

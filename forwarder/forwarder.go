@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -390,11 +389,4 @@ func (f *Forwarder) spoolDepth() int64 {
 		return s.Stats().Queued
 	}
 	return -1
-}
-
-// discard drains and closes a response body, reading at most limit bytes, so
-// the connection can be reused.
-func discard(r io.ReadCloser, limit int64) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(r, limit))
-	_ = r.Close()
 }

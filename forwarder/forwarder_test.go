@@ -153,11 +153,11 @@ func TestPermanentRefusalsAreDeadLettered(t *testing.T) {
 		status int
 		reason string
 	}{
-		1: {200, `{"status":"failure","message":"apiKey is not valid"}`},
-		3: {404, `"message":"not found"`},
-		5: {413, `{"status":"failure","message":"too big"}`},
-		7: {422, "unprocessable: xxxx"},
-		9: {410, `"gone"`},
+		1:  {200, `{"status":"failure","message":"apiKey is not valid"}`},
+		3:  {404, `"message":"not found"`},
+		5:  {413, `{"status":"failure","message":"too big"}`},
+		7:  {422, "unprocessable: xxxx"},
+		9:  {410, `"gone"`},
 		12: {400, "event is required"},
 	}
 	for seq, w := range want {

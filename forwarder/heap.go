@@ -5,22 +5,9 @@ type idHeap []*item
 
 func (h idHeap) Len() int           { return len(h) }
 func (h idHeap) Less(i, j int) bool { return h[i].rec.ID < h[j].rec.ID }
-func (h idHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
-}
-func (h *idHeap) Push(x any) {
-	it := x.(*item)
-	it.index = len(*h)
-	*h = append(*h, it)
-}
-func (h *idHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return it
-}
+func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *idHeap) Push(x any)        { *h = append(*h, x.(*item)) }
+func (h *idHeap) Pop() any          { return pop((*[]*item)(h)) }
 
 // timeHeap orders items by when they may be sent again, then oldest first.
 type timeHeap []*item
@@ -32,16 +19,11 @@ func (h timeHeap) Less(i, j int) bool {
 	}
 	return h[i].rec.ID < h[j].rec.ID
 }
-func (h timeHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
-}
-func (h *timeHeap) Push(x any) {
-	it := x.(*item)
-	it.index = len(*h)
-	*h = append(*h, it)
-}
-func (h *timeHeap) Pop() any {
+func (h timeHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)   { *h = append(*h, x.(*item)) }
+func (h *timeHeap) Pop() any     { return pop((*[]*item)(h)) }
+
+func pop(h *[]*item) *item {
 	old := *h
 	it := old[len(old)-1]
 	old[len(old)-1] = nil

@@ -12,17 +12,33 @@ import (
 // request per second (or below the configured ceiling, if that is lower).
 const minRate = 1.0
 
+// decreaseEvery is the least time between two decreases of the rate.
+const decreaseEvery = 100 * time.Millisecond
+
+// stepDivisor sets the additive increase: a twentieth of the configured
+// ceiling per second each second (or, with no ceiling, of the send rate
+// observed at the first 429). It is fixed for the forwarder's life and the
+// same for every instance with the same configuration, which is what makes
+// AIMD converge to a fair share across a fleet: an increase that grew with
+// each instance's own rate would keep their rates in whatever ratio they
+// happened to start in.
+const stepDivisor = 20.0
+
 // rateControl is the forwarder's send rate: a token bucket under the
 // configured ceiling, adapted AIMD-style to what upstream allows. It is owned
 // by the dispatcher goroutine.
 //
-// A 429 halves the current rate, once per round trip: a 429 for a request
-// that left before the last decrease says nothing about the new rate. While
-// the limiter is what holds requests back, each success raises the rate by
-// step/current, which is step requests per second each second; step is a
-// tenth of the rate at the last 429, so recovery takes about the same number
-// of seconds at any scale. With no ceiling the forwarder sends without limit
-// until the first 429, then adapts from the send rate it observed.
+// A 429 halves the current rate, at most once per decreaseEvery and once
+// per round trip: a 429 for a request that left before the last decrease
+// says nothing about the new rate, and upstream's own bucket needs a moment
+// to show the effect of a decrease (without the spacing, a fleet that starts
+// together halves itself many times over on one empty bucket). While the
+// limiter is what holds requests back, each success raises the rate by
+// step/current, which is step requests per second each second (see
+// stepDivisor); successes while the forwarder has less to send than it may
+// raise nothing. With no ceiling the forwarder sends without limit until the
+// first 429, then halves the send rate it observed over the last second and
+// adapts from there, with no ceiling above.
 type rateControl struct {
 	ceiling float64 // configured Rate; 0 = none
 	burst   int     // configured Burst
@@ -44,7 +60,7 @@ func newRateControl(ceiling float64, burst int) *rateControl {
 	c := &rateControl{ceiling: ceiling, burst: burst, cur: ceiling, floor: minRate}
 	if ceiling > 0 {
 		c.floor = min(minRate, ceiling)
-		c.step = max(minRate, ceiling/10)
+		c.step = max(minRate, ceiling/stepDivisor)
 		c.lim = rate.NewLimiter(rate.Limit(ceiling), c.burstFor(ceiling))
 	}
 	return c
@@ -106,7 +122,7 @@ func (c *rateControl) observed(now time.Time) float64 {
 // throttled applies a 429 for a request sent at sentAt and answered at now.
 // It reports whether the rate changed, and from what.
 func (c *rateControl) throttled(sentAt, now time.Time) (changed bool, from float64) {
-	if !sentAt.After(c.lastDecrease) {
+	if !sentAt.After(c.lastDecrease) || now.Sub(c.lastDecrease) < decreaseEvery {
 		return false, c.cur
 	}
 	from = c.cur
@@ -119,7 +135,9 @@ func (c *rateControl) throttled(sentAt, now time.Time) (changed bool, from float
 		return false, from
 	}
 	c.cur = max(c.floor, base/2)
-	c.step = max(minRate, base/10)
+	if c.step == 0 {
+		c.step = max(minRate, base/stepDivisor)
+	}
 	c.lastDecrease = now
 	c.apply(now)
 	return true, from

@@ -157,9 +157,14 @@ func (d *dispatcher) write(ctx context.Context, what string, n int, fn func(cont
 		if err == nil {
 			return
 		}
-		final := i == tries || ctx.Err() != nil || errors.Is(err, spool.ErrClosed) || errors.Is(err, spool.ErrNotFound)
-		if final {
-			d.f.log.Error("spool write failed; the records stay queued and will be sent again", "op", what, "records", n, "error", err)
+		if errors.Is(err, spool.ErrNotFound) {
+			// Dropped by the spool meanwhile (expired): nothing to do.
+			d.f.log.Warn("record no longer queued", "op", what, "error", err)
+			return
+		}
+		if i == tries || ctx.Err() != nil || errors.Is(err, spool.ErrClosed) {
+			d.f.log.Error("spool write failed; the records stay queued and will be sent again after a restart",
+				"op", what, "records", n, "error", err)
 			return
 		}
 		t := time.NewTimer(wait)

@@ -238,6 +238,7 @@ type Spool struct {
 	c           counters
 	lastCompact time.Time
 	writerErr   error // the result of the final commit and close, for Close
+	stuck       bool  // see panicError
 }
 
 // Open opens or creates the spool at opts.Path. A file that cannot be read

@@ -208,7 +208,7 @@ func TestOneRequestsErrorDoesNotFailItsBatch(t *testing.T) {
 		r.done = make(chan error, 1)
 		return r
 	}
-	big, err := s.appendRequest([]Entry{{Kind: KindTrack, Body: make([]byte, 900)}})
+	big, err := s.appendRequest([]Entry{{Kind: KindTrack, Body: make([]byte, 960)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ const (
 	metaSize         = 64 // from the magic to the checksum, inclusive
 	branchPageFlag   = 0x01
 	leafPageFlag     = 0x02
+	metaPageFlag     = 0x04
 	freelistPageFlag = 0x10
 	bucketLeafFlag   = 0x01
 	noFreelist       = ^uint64(0)
@@ -64,13 +65,20 @@ type preflight struct {
 	counters   counters
 	countersOK bool
 
+	// metaHeadersOK: both meta pages have intact page headers. bbolt's
+	// Tx.Check asserts on them in a goroutine of its own, so it is only run
+	// when they are (a damaged header of a valid meta page is harmless:
+	// bbolt rewrites it on a later commit).
+	metaHeadersOK bool
+
 	badQueue, badDead [][]byte // keys of records that failed their checksum
 }
 
 type boltMeta struct {
-	pageSize                      uint32
-	root, freelist, hwm, txid     uint64
+	pageSize                       uint32
+	root, freelist, hwm, txid      uint64
 	magicOK, versionOK, checksumOK bool
+	headersOK                      bool // of both meta pages; set by readMeta
 }
 
 func (m boltMeta) err() error {
@@ -188,11 +196,15 @@ func readMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
 		return boltMeta{}, 0, unreadable("file is %d bytes, shorter than two %d-byte pages", size, ps)
 	}
 	var metas [2]boltMeta
+	headersOK := true
 	for i := range metas {
 		if b, err = read(int64(i) * ps); err != nil {
 			return boltMeta{}, 0, err
 		}
 		metas[i] = parseMeta(b)
+		if len(b) < pageHeaderSize || ne.Uint64(b) != uint64(i) || !knownPageType(ne.Uint16(b[8:])) {
+			headersOK = false
+		}
 	}
 	a, o := metas[0], metas[1]
 	if o.txid > a.txid {
@@ -205,6 +217,7 @@ func readMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
 	if err := m.err(); err != nil {
 		return boltMeta{}, 0, unreadable("both meta pages are invalid: %v", err)
 	}
+	m.headersOK = headersOK
 	switch {
 	case int64(m.pageSize) != ps:
 		return boltMeta{}, 0, unreadable("meta page says page size %d, but %d was found", m.pageSize, ps)
@@ -223,7 +236,7 @@ func checkTree(r io.ReaderAt, size int64, m boltMeta, ps int64, full bool) (*pre
 		r: r, size: size, ps: ps, hwm: m.hwm, full: full,
 		reach: newBitmap(m.hwm),
 		free:  newBitmap(m.hwm),
-		pre:   &preflight{full: full},
+		pre:   &preflight{full: full, metaHeadersOK: m.headersOK},
 	}
 	c.reach.set(0)
 	c.reach.set(1)
@@ -232,7 +245,7 @@ func checkTree(r io.ReaderAt, size int64, m boltMeta, ps int64, full bool) (*pre
 			return nil, err
 		}
 	}
-	if _, err := c.page(m.root, nil, nil, bkRoot, 0); err != nil {
+	if _, _, err := c.page(m.root, nil, nil, bkRoot, 0); err != nil {
 		return nil, err
 	}
 	if full && m.freelist != noFreelist {
@@ -332,24 +345,30 @@ func (c *fileChecker) buffer(depth int, n int64) []byte {
 }
 
 // page checks the subtree at page id, whose keys must be >= minClosed and
-// < maxOpen (nil: unbounded), and returns its greatest key.
-func (c *fileChecker) page(id uint64, minClosed, maxOpen []byte, bk bucketKind, depth int) ([]byte, error) {
+// < maxOpen (nil: unbounded), and returns its first and greatest keys.
+//
+// Beyond bbolt's Tx.Check it requires each branch key to equal the first
+// key of the page it points to. bbolt always writes trees that way and
+// relies on it when it changes a page (it finds the parent's entry by the
+// child's first key), so a tree that breaks it would be damaged further by
+// the next write.
+func (c *fileChecker) page(id uint64, minClosed, maxOpen []byte, bk bucketKind, depth int) (first, last []byte, err error) {
 	if depth > maxTreeDepth {
-		return nil, unreadable("tree deeper than %d at page %d", maxTreeDepth, id)
+		return nil, nil, unreadable("tree deeper than %d at page %d", maxTreeDepth, id)
 	}
 	buf, err := c.read(id, 0, depth)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	count := int(ne.Uint16(buf[10:]))
 	if ne.Uint16(buf[8:]) == leafPageFlag {
 		return c.leaf(buf, id, count, minClosed, maxOpen, bk, depth)
 	}
 	if count == 0 {
-		return nil, unreadable("branch page %d is empty", id)
+		return nil, nil, unreadable("branch page %d is empty", id)
 	}
 	if pageHeaderSize+count*elemSize > len(buf) {
-		return nil, unreadable("page %d has %d elements, more than fit", id, count)
+		return nil, nil, unreadable("page %d has %d elements, more than fit", id, count)
 	}
 	branch := func(i int) ([]byte, uint64, error) {
 		e := pageHeaderSize + i*elemSize
@@ -361,34 +380,40 @@ func (c *fileChecker) page(id uint64, minClosed, maxOpen []byte, bk bucketKind, 
 		return buf[start : start+ksize], ne.Uint64(buf[e+8:]), nil
 	}
 	running := minClosed
-	var maxKey []byte
 	for i := 0; i < count; i++ {
 		key, child, err := branch(i)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := keyOrder(id, i, key, running, maxOpen); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if i == 0 {
+			first = bytes.Clone(key)
 		}
 		next := maxOpen
 		if i+1 < count {
 			if next, _, err = branch(i + 1); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		if maxKey, err = c.page(child, key, next, bk, depth+1); err != nil {
-			return nil, err
+		childFirst, childLast, err := c.page(child, key, next, bk, depth+1)
+		if err != nil {
+			return nil, nil, err
 		}
-		running = maxKey
+		if !bytes.Equal(childFirst, key) {
+			return nil, nil, unreadable("page %d element %d does not match the first key of page %d", id, i, child)
+		}
+		last, running = childLast, childLast
 	}
-	return maxKey, nil
+	return first, last, nil
 }
 
 // leaf checks the elements of a leaf page (or an inline bucket's page) and
-// what they hold, and returns a copy of its last key.
-func (c *fileChecker) leaf(buf []byte, id uint64, count int, minClosed, maxOpen []byte, bk bucketKind, depth int) ([]byte, error) {
+// what they hold, and returns copies of its first and last keys.
+func (c *fileChecker) leaf(buf []byte, id uint64, count int, minClosed, maxOpen []byte, bk bucketKind, depth int) (first, last []byte, err error) {
 	if pageHeaderSize+count*elemSize > len(buf) {
-		return nil, unreadable("page %d has %d elements, more than fit", id, count)
+		return nil, nil, unreadable("page %d has %d elements, more than fit", id, count)
 	}
 	running := minClosed
 	for i := 0; i < count; i++ {
@@ -397,27 +422,29 @@ func (c *fileChecker) leaf(buf []byte, id uint64, count int, minClosed, maxOpen 
 		pos, ksize, vsize := uint64(ne.Uint32(buf[e+4:])), uint64(ne.Uint32(buf[e+8:])), uint64(ne.Uint32(buf[e+12:]))
 		start := uint64(e) + pos
 		if start+ksize+vsize > uint64(len(buf)) {
-			return nil, unreadable("page %d element %d points outside the page", id, i)
+			return nil, nil, unreadable("page %d element %d points outside the page", id, i)
 		}
 		key, val := buf[start:start+ksize], buf[start+ksize:start+ksize+vsize]
 		if err := keyOrder(id, i, key, running, maxOpen); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if i == 0 {
+			first = bytes.Clone(key)
 		}
 		running = key
-		var err error
 		if flags&bucketLeafFlag != 0 {
 			err = c.bucket(key, val, bk, depth)
 		} else {
 			err = c.value(key, val, bk)
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if count == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return bytes.Clone(running), nil
+	return first, bytes.Clone(running), nil
 }
 
 // keyOrder applies bbolt's key order rules to element i of page id.
@@ -461,7 +488,7 @@ func (c *fileChecker) bucket(name, val []byte, parent bucketKind, depth int) err
 		return nil
 	}
 	if root := ne.Uint64(val); root != 0 {
-		_, err := c.page(root, nil, nil, kind, depth+1)
+		_, _, err := c.page(root, nil, nil, kind, depth+1)
 		return err
 	}
 	// An inline bucket: its leaf page follows the header.
@@ -469,7 +496,7 @@ func (c *fileChecker) bucket(name, val []byte, parent bucketKind, depth int) err
 	if len(p) < pageHeaderSize || ne.Uint16(p[8:]) != leafPageFlag {
 		return unreadable("inline bucket %q has no leaf page", name)
 	}
-	_, err := c.leaf(p, 0, int(ne.Uint16(p[10:])), nil, nil, kind, depth+1)
+	_, _, err := c.leaf(p, 0, int(ne.Uint16(p[10:])), nil, nil, kind, depth+1)
 	return err
 }
 
@@ -512,9 +539,18 @@ func (c *fileChecker) bad(list *[][]byte, key []byte) error {
 	return nil
 }
 
+// knownPageType: bbolt's FastCheck accepts exactly these page flags.
+func knownPageType(flags uint16) bool {
+	switch flags {
+	case branchPageFlag, leafPageFlag, metaPageFlag, freelistPageFlag:
+		return true
+	}
+	return false
+}
+
 // bitmap is a set of page IDs.
 type bitmap []uint64
 
-func newBitmap(n uint64) bitmap   { return make(bitmap, n/64+1) }
+func newBitmap(n uint64) bitmap    { return make(bitmap, n/64+1) }
 func (b bitmap) get(i uint64) bool { return b[i/64]&(1<<(i%64)) != 0 }
 func (b bitmap) set(i uint64)      { b[i/64] |= 1 << (i % 64) }

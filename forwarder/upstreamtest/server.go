@@ -380,6 +380,13 @@ func (s *Server) admin(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "mode": FormatMode(m)})
 	case AdminPrefix + "stats":
 		writeJSON(w, http.StatusOK, s.stats())
+	case AdminPrefix + "received":
+		// One line per request, in arrival order: path, status and body as
+		// sent, for the demo to show what arrived.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, rq := range s.Received() {
+			fmt.Fprintf(w, "%s %d %s\n", rq.Path, rq.Status, rq.Body)
+		}
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{"status": "failure", "message": "no such admin endpoint"})
 	}

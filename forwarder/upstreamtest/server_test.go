@@ -190,9 +190,9 @@ func TestRateLimitAcrossClients(t *testing.T) {
 			}
 		}
 	}
-	// 12 requests in a few milliseconds: the burst of 5 (and perhaps one
-	// refilled token) pass, the rest are refused.
-	if statuses[200] < 5 || statuses[200] > 6 || statuses[429] != 12-statuses[200] {
+	// 12 requests in a few milliseconds: the burst of 5 (and a token or
+	// two refilled on a slow machine) pass, the rest are refused.
+	if statuses[200] < 5 || statuses[200] > 8 || statuses[429] != 12-statuses[200] {
 		t.Fatalf("statuses %v", statuses)
 	}
 }
