@@ -198,6 +198,12 @@ func (d *dispatcher) loop(ctx context.Context) {
 		if d.draining && d.caughtUp && d.windowLen() == 0 && d.pending.empty() && !d.commitBusy {
 			return
 		}
+		if d.draining && !d.accepting(now) {
+			// Shutdown drains only while upstream takes events: waiting out
+			// a backoff or a pause would just hold the process up. What is
+			// in flight is still collected by run.
+			return
+		}
 		if d.caughtUp && d.windowLen() == 0 {
 			wake = earliest(wake, d.lastRead.Add(idlePoll))
 		}
@@ -246,6 +252,15 @@ func (d *dispatcher) loop(ctx context.Context) {
 			timer.Stop()
 		}
 	}
+}
+
+// accepting reports whether upstream is taking events now: not down, not
+// paused, and no record waiting out a retry backoff.
+func (d *dispatcher) accepting(now time.Time) bool {
+	if _, paused := d.f.paused(now); paused {
+		return false
+	}
+	return !d.down && d.halts == 0 && d.delayed.Len() == 0
 }
 
 // commitDue returns zero when the pending writes should go to the committer

@@ -603,6 +603,31 @@ func TestShutdownDrainsWhileUpstreamAccepts(t *testing.T) {
 	}
 }
 
+func TestShutdownStopsAtOnceWhenUpstreamIsDown(t *testing.T) {
+	sp := mustOpenSpool(t)
+	up := newUpstream(t)
+	up.Down()
+	spoolEvents(t, sp, 0, 50)
+	f, err := New(sp, testOptions(up))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Start(context.Background())
+	waitFor(t, 5*time.Second, "a failed send", func() bool { return f.Stats().Retried > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := f.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Shutdown waited %v for an upstream that refuses connections", d)
+	}
+	if q := queued(t, sp); q != 50 {
+		t.Fatalf("%d queued, want all 50 kept for the next start", q)
+	}
+}
+
 func TestShutdownStopsAtTheDeadline(t *testing.T) {
 	sp := mustOpenSpool(t)
 	up := newUpstream(t)
