@@ -42,7 +42,7 @@ const (
 	recordCRCAt    = 14
 	deadHeader     = 32
 	deadCRCAt      = 28
-	maxReasonBytes = 512
+	maxReasonBytes = 1024
 
 	// maxBodyBytes bounds one entry's body well below bbolt's value limit.
 	maxBodyBytes = 1 << 30

@@ -330,7 +330,7 @@ func (s *Spool) Delete(ctx context.Context, ids ...uint64) error {
 }
 
 // DeadLetter moves a queued record to the dead letters with the upstream
-// status and reason (truncated to 512 bytes). It fails with ErrNotFound if
+// status and reason (truncated to 1 KiB). It fails with ErrNotFound if
 // id is not queued.
 func (s *Spool) DeadLetter(ctx context.Context, id uint64, status int, reason string) error {
 	if err := s.do(ctx, &request{op: opDeadLetter, ids: []uint64{id}, status: status, reason: reason}); err != nil {
@@ -410,7 +410,8 @@ func (s *Spool) State(key string) ([]byte, error) {
 const maxReport = 4096
 
 // Read returns up to n queued records with ID > after, in ascending ID
-// order, skipping expired records. Bodies are copies the caller owns. It
+// order, skipping expired records and records that fail their checksum
+// (the writer then deletes those). Bodies are copies the caller owns. It
 // runs in a read-only transaction, concurrently with the writer.
 func (s *Spool) Read(after uint64, n int) ([]Record, error) {
 	if n <= 0 || after == math.MaxUint64 {

@@ -694,7 +694,16 @@ func TestCloseFlushesRequestsTheWriterTook(t *testing.T) {
 }
 
 func TestContextEndingBeforeTheWriterTakesTheRequest(t *testing.T) {
-	s := mustOpenSpool(t, Options{})
+	// The first commit blocks until released, so the writer is busy.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := mustOpenSpool(t, Options{failCommit: func() error {
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+		return nil
+	}})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -702,17 +711,9 @@ func TestContextEndingBeforeTheWriterTakesTheRequest(t *testing.T) {
 		t.Fatalf("Append with a cancelled context = %v, want context.Canceled", err)
 	}
 
-	// Hold bbolt's write lock so the writer blocks inside its first commit.
-	tx, err := s.db.Begin(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	taken, err := s.appendRequest([]Entry{{Kind: KindTrack, Body: []byte("taken")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	taken.done = make(chan error, 1)
-	s.reqs <- taken // returns once the writer has taken it
+	taken := make(chan error, 1)
+	go func() { taken <- s.Append(context.Background(), Entry{Kind: KindTrack, Body: []byte("taken")}) }()
+	<-entered // the writer has taken "taken" and is committing it
 
 	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -723,10 +724,8 @@ func TestContextEndingBeforeTheWriterTakesTheRequest(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Append waited %v past its deadline", d)
 	}
-	if err := tx.Rollback(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-taken.done; err != nil {
+	close(release)
+	if err := <-taken; err != nil {
 		t.Fatalf("a taken request must complete: %v", err)
 	}
 	if got := bodies(readAll(t, s)); !slices.Equal(got, []string{"taken"}) {
