@@ -29,6 +29,7 @@ type ingestResult struct {
 	elapsed         time.Duration
 	p50, p99, p999  time.Duration
 	peakRSSAnonKiB  int64
+	perCommit       float64 // events per spool commit (trackd only)
 }
 
 func (r ingestResult) rate() float64 { return float64(r.acked) / r.elapsed.Seconds() }
@@ -72,15 +73,15 @@ func runIngest(args []string) error {
 		}
 	}
 
-	fmt.Printf("\n%-9s %-5s %12s %9s %9s %9s %9s %10s\n", "server", "net", "events/s", "p50", "p99", "p99.9", "failed", "RssAnon")
+	fmt.Printf("\n%-9s %-5s %12s %9s %9s %9s %9s %12s %11s\n", "server", "net", "events/s", "p50", "p99", "p99.9", "failed", "RssAnon", "ev/commit")
 	medians := map[key]ingestResult{}
 	for _, server := range []string{"baseline", "trackd"} {
 		for _, network := range []string{"tcp", "unix"} {
 			k := key{server, network}
 			m := medianResult(results[k])
 			medians[k] = m
-			fmt.Printf("%-9s %-5s %12.0f %9s %9s %9s %9d %7d KiB\n", server, network, m.rate(),
-				m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.p999.Round(time.Microsecond), m.failed, m.peakRSSAnonKiB)
+			fmt.Printf("%-9s %-5s %12.0f %9s %9s %9s %9d %8d KiB %11.1f\n", server, network, m.rate(),
+				m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.p999.Round(time.Microsecond), m.failed, m.peakRSSAnonKiB, m.perCommit)
 		}
 	}
 	fmt.Println()
@@ -215,6 +216,11 @@ log: {level: warn}
 	elapsed := time.Since(start)
 	samplerDone.Wait()
 
+	perCommit := 0.0
+	if server == "trackd" {
+		perCommit = eventsPerCommit(client, strings.TrimSuffix(url, "/api/v1/track")+"/metrics")
+	}
+
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -227,7 +233,7 @@ log: {level: warn}
 		return all[min(len(all)-1, int(p*float64(len(all))))]
 	}
 	return ingestResult{server: server, network: network, acked: acked.Load(), failed: failed.Load(), elapsed: elapsed,
-		p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), peakRSSAnonKiB: peak.Load()}, nil
+		p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), peakRSSAnonKiB: peak.Load(), perCommit: perCommit}, nil
 }
 
 func waitHealthy(c *http.Client, url string, stderr *bytes.Buffer) error {
@@ -242,6 +248,28 @@ func waitHealthy(c *http.Client, url string, stderr *bytes.Buffer) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("server not ready after 20s: %s", stderr.String())
+}
+
+// eventsPerCommit reads trackd's metrics: how many events shared each
+// fsync'd commit, the figure group commit is about.
+func eventsPerCommit(c *http.Client, url string) float64 {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	vals := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if ok && (name == "trackd_spool_appended_total" || name == "trackd_spool_commits_total") {
+			vals[name], _ = strconv.ParseFloat(val, 64)
+		}
+	}
+	if vals["trackd_spool_commits_total"] == 0 {
+		return 0
+	}
+	return vals["trackd_spool_appended_total"] / vals["trackd_spool_commits_total"]
 }
 
 // rssAnonKiB reads a process's resident anonymous memory from /proc.

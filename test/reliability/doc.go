@@ -1,0 +1,47 @@
+// Package reliability is trackd's proof under fire: tests that run the real
+// trackd binary as a subprocess against the loopback upstream of
+// forwarder/upstreamtest, break things on purpose (SIGKILL, a file system
+// that refuses writes, damaged spool files, a full spool, a misbehaving
+// upstream, SIGTERM under load, hostile clients) and then audit what
+// happened to every event.
+//
+// The package holds no code of its own: everything is in its tests. Run it
+// with
+//
+//	make test-reliability
+//	# which is
+//	go test -race -count=1 -timeout 10m ./test/reliability/ -args -profile=short
+//
+// and the soak on demand with
+//
+//	go test -race -count=1 -timeout 0 -run 'Soak' ./test/reliability/ -args -profile=long -soak=10m
+//
+// Without -profile every test skips, so `go test ./...` (make test) only
+// compiles and vets the suite.
+//
+// # The audit
+//
+// Every client request carries a unique "id" member in its JSON body and is
+// written into a ledger with trackd's answer: acknowledged (200), refused
+// (any other status; trackd promised nothing), not sent (the connection was
+// refused, so no byte reached trackd) or unknown (the connection broke
+// after the request was sent). Every fault test ends with the same audit,
+// once trackd has stopped:
+//
+//   - each acknowledged event was received by upstream at least once, or is
+//     in the dead-letter store with a reason (a few tests also allow it to
+//     be still queued, or dropped by a configured policy);
+//   - no refused or unsent event was delivered, dead-lettered or is queued;
+//   - every body upstream received is the one the client sent (plus the
+//     timestamp and apiKey trackd fills in), byte for byte where it matters;
+//   - duplicates (at-least-once delivery) are counted and reported.
+//
+// # Flags (after -args)
+//
+//	-profile short|long    short: CI-sized (under 3 minutes on 2 cores);
+//	                       long: more crashes, the full soak
+//	-soak DURATION         the long profile's soak, default 10m
+//	-soak.rate N           events per second offered during the soak
+//	-report FILE           append the measured figures as Markdown
+//	-keep                  keep work directories (spools, logs) of failed tests
+package reliability
