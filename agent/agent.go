@@ -28,7 +28,9 @@ type Agent struct {
 	forwarder *forwarder.Forwarder
 	frontend  *Frontend
 
-	cancel   context.CancelFunc // ends the forwarder's context
+	cancel   context.CancelFunc // ends the forwarder's and the watcher's context
+	watcher  sync.WaitGroup
+	errc     chan error
 	closed   sync.Once
 	closeErr error
 }
@@ -38,7 +40,7 @@ func New(cfg config.Config, log *slog.Logger) *Agent {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Agent{cfg: cfg, log: log}
+	return &Agent{cfg: cfg, log: log, errc: make(chan error, 1)}
 }
 
 // Start opens the spool, binds the listeners and starts forwarding. On error
@@ -97,6 +99,8 @@ func (a *Agent) Start() (err error) {
 	var ctx context.Context
 	ctx, a.cancel = context.WithCancel(context.Background())
 	a.forwarder.Start(ctx)
+	a.watcher.Add(1)
+	go a.watch(ctx)
 	st := a.spool.Stats()
 	a.log.Info("trackd started", "version", Version, "spool", cfg.Spool.Path, "spool_depth", st.Queued, "upstream", redactURL(cfg.Upstream.URL))
 	return nil
@@ -105,9 +109,25 @@ func (a *Agent) Start() (err error) {
 // Addrs returns the bound listener addresses.
 func (a *Agent) Addrs() []net.Addr { return a.frontend.Addrs() }
 
-// Err yields an error if a listener fails while serving, which should stop
-// the process.
-func (a *Agent) Err() <-chan error { return a.frontend.Err() }
+// Err yields an error when trackd cannot go on and should stop: a listener
+// failed, or the spool found its file damaged while running. In the second
+// case the next start checks the whole file and quarantines or repairs it,
+// so a supervisor's restart heals it rather than looping.
+func (a *Agent) Err() <-chan error { return a.errc }
+
+// watch forwards the first fatal condition to errc.
+func (a *Agent) watch(ctx context.Context) {
+	defer a.watcher.Done()
+	var err error
+	select {
+	case <-ctx.Done():
+		return
+	case err = <-a.frontend.Err():
+	case <-a.spool.Damaged():
+		err = fmt.Errorf("the spool file %s is damaged; stopping so that the next start checks and repairs it: %w", a.cfg.Spool.Path, spool.ErrCorrupt)
+	}
+	a.errc <- err
+}
 
 // Close shuts down in reverse order of Start: the listeners stop accepting
 // and in-flight requests finish, the forwarder drains while upstream accepts,
@@ -131,6 +151,7 @@ func (a *Agent) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop forwarder: %w", err))
 		}
 		a.cancel()
+		a.watcher.Wait()
 		st := a.spool.Stats()
 		if err := a.spool.Close(); err != nil {
 			errs = append(errs, err)

@@ -183,7 +183,7 @@ func runUntilDone(ctx context.Context, stop func(), cfg config.Config, log *slog
 	case <-ctx.Done():
 		log.Info("shutting down", "timeout", cfg.Shutdown.Timeout.D().String())
 	case runErr = <-ag.Err():
-		log.Error("a listener failed; shutting down", "err", runErr)
+		log.Error("trackd cannot go on; shutting down", "err", runErr)
 	}
 	stop()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout.D())

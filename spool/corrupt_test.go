@@ -262,6 +262,11 @@ func TestFlippedBytesNeverPanicOrFailOpen(t *testing.T) {
 						if mode == "after a crash" || !errors.Is(err, ErrCorrupt) {
 							t.Fatalf("Read: %v", err)
 						}
+						select {
+						case <-s.Damaged():
+						default:
+							t.Fatal("Read failed with ErrCorrupt but Damaged() was not closed")
+						}
 					}
 					for _, r := range got {
 						if w, ok := want[r.ID]; !ok || w != string(r.Body) {

@@ -217,6 +217,7 @@ type Spool struct {
 	gc      chan gcReport  // Read reports expired and corrupt records here
 	notify  chan struct{}  // cap 1
 	closing chan struct{}  // closed by Close
+	damaged chan struct{}  // closed when corrupt is first set
 	wg      sync.WaitGroup // the writer
 
 	closeOnce sync.Once
@@ -257,6 +258,7 @@ func Open(opts Options) (*Spool, error) {
 		gc:      make(chan gcReport, 1),
 		notify:  make(chan struct{}, 1),
 		closing: make(chan struct{}),
+		damaged: make(chan struct{}),
 	}
 	if err := s.open(); err != nil {
 		return nil, err
@@ -601,6 +603,13 @@ func (s *Spool) markCorrupt(p any) error {
 	err := fmt.Errorf("%w: %v", ErrCorrupt, p)
 	if !s.corrupt.Swap(true) {
 		s.log.Error("spool file is damaged; writes stop and the next start will check it", "path", s.path, "error", err)
+		close(s.damaged)
 	}
 	return err
 }
+
+// Damaged returns a channel that is closed when the spool finds its file
+// damaged while running (see ErrCorrupt). The owner should then close the
+// spool and open it again: Open checks the whole file and quarantines or
+// repairs it, which a running spool cannot do safely.
+func (s *Spool) Damaged() <-chan struct{} { return s.damaged }
