@@ -88,6 +88,7 @@ func (a *Agent) Start() (err error) {
 
 	a.frontend, err = StartFrontend(cfg, FrontendOptions{
 		Store:          a.spool,
+		DeadLetters:    a.spool,
 		SpoolStats:     a.spool.Stats,
 		ForwarderStats: a.forwarder.Stats,
 		Status:         a.Status,

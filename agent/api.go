@@ -42,6 +42,7 @@ type appender interface {
 // api serves the ingest endpoints and the health probes.
 type api struct {
 	store        appender
+	dead         DeadLetterStore // nil: no dead-letter endpoints
 	maxBodyBytes int64
 	tokenHash    *[sha256.Size]byte // nil: no auth
 	apiKey       string
@@ -79,13 +80,24 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case pathStatus:
 		a.serveStatus(w, r)
 		return
+	case pathDeadLetters, pathRequeue:
+		if a.dead == nil {
+			break
+		}
+		if r.URL.Path == pathRequeue {
+			a.serveRequeue(w, r)
+		} else {
+			a.serveDeadLetters(w, r)
+		}
+		return
 	case pathMetrics:
 		if !allowGet(w, r) {
 			return
 		}
 		a.metrics.handler.ServeHTTP(w, r)
 		return
-	default:
+	}
+	if kind == 0 {
 		a.fail(w, r, http.StatusNotFound, "no such endpoint "+strconv.Quote(r.URL.Path)+"; trackd serves POST "+pathTrack+" and POST "+pathIdentify)
 		return
 	}
@@ -98,9 +110,7 @@ func (a *api) serveIngest(w http.ResponseWriter, r *http.Request, kind event.Kin
 		a.fail(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed; use POST")
 		return
 	}
-	if !a.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="trackd"`)
-		a.fail(w, r, http.StatusUnauthorized, "missing or wrong bearer token; send \"Authorization: Bearer <listen.auth_token>\"")
+	if !a.requireToken(w, r) {
 		return
 	}
 	if msg := unsupportedContentType(r.Header.Get("Content-Type")); msg != "" {
@@ -335,9 +345,7 @@ func (a *api) serveStatus(w http.ResponseWriter, r *http.Request) {
 	if !allowGet(w, r) {
 		return
 	}
-	if !a.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="trackd"`)
-		writeJSON(w, http.StatusUnauthorized, failure{Status: "failure", Message: "missing or wrong bearer token"})
+	if !a.requireToken(w, r) {
 		return
 	}
 	writeJSON(w, http.StatusOK, a.status())

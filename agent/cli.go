@@ -2,13 +2,17 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +36,8 @@ Usage:
   trackd run     [-config FILE]   accept and forward events until SIGINT/SIGTERM
   trackd check   [-config FILE]   validate the config and print the effective config
   trackd status  [-config FILE]   ask a running trackd how it is doing (exit 1 if not ready)
+  trackd dead-letters [-config FILE] [-after ID] [-limit N] [-requeue all|ID,ID...]
+                                  list the events upstream refused, or send them again
   trackd service ACTION [-config FILE]
                                   install|uninstall|start|stop|restart|status as a system service
   trackd version                  print the version
@@ -82,6 +88,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return checkCommand(rest, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, rest, stdout, stderr)
+	case "dead-letters":
+		return deadLettersCommand(ctx, rest, stdout, stderr)
 	case "service":
 		return serviceCommand(rest, stdout, stderr)
 	case "version", "-version", "--version":
@@ -212,4 +220,39 @@ func statusCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	return queryStatus(ctx, cfg, stdout)
+}
+
+func deadLettersCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("dead-letters", stderr)
+	after := fs.Uint64("after", 0, "list dead letters with ids after this one (paging)")
+	limit := fs.Int("limit", 100, "how many dead letters to list")
+	requeue := fs.String("requeue", "", `"all", or comma-separated ids, to put back in the queue for sending`)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if *requeue == "" {
+		_, err := callTrackd(ctx, cfg, http.MethodGet, fmt.Sprintf("%s?after=%d&limit=%d", pathDeadLetters, *after, *limit), nil, stdout)
+		return err
+	}
+	var req requeueRequest
+	if *requeue == "all" {
+		req.All = true
+	} else {
+		for _, f := range strings.Split(*requeue, ",") {
+			id, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil {
+				return &usageError{fmt.Sprintf("dead-letters: -requeue takes \"all\" or ids like 12,13; %q is not an id", f)}
+			}
+			req.IDs = append(req.IDs, id)
+		}
+	}
+	body, _ := json.Marshal(req)
+	_, err = callTrackd(ctx, cfg, http.MethodPost, pathRequeue, body, stdout)
+	return err
 }

@@ -37,6 +37,8 @@ type Store interface {
 // FrontendOptions are the parts of a Frontend that are not in the config.
 type FrontendOptions struct {
 	Store Store
+	// DeadLetters enables GET /dead-letters and POST /dead-letters/requeue.
+	DeadLetters DeadLetterStore
 	// Figures for /metrics and /status; nil leaves them out.
 	SpoolStats     func() spool.Stats
 	ForwarderStats func() forwarder.Stats
@@ -65,6 +67,7 @@ func StartFrontend(cfg config.Config, opts FrontendOptions, log *slog.Logger) (*
 	}
 	a := &api{
 		store:        opts.Store,
+		dead:         opts.DeadLetters,
 		maxBodyBytes: int64(cfg.Listen.MaxBodyBytes),
 		apiKey:       cfg.Upstream.APIKey.Reveal(),
 		now:          time.Now,

@@ -68,7 +68,7 @@ func (m *metrics) requests(path string, code int) {
 		}
 	}
 	switch path {
-	case pathTrack, pathIdentify, pathHealthz, pathReadyz, pathMetrics, pathStatus:
+	case pathTrack, pathIdentify, pathHealthz, pathReadyz, pathMetrics, pathStatus, pathDeadLetters, pathRequeue:
 	default:
 		path = "other"
 	}

@@ -17,31 +17,9 @@ import (
 // it. It returns an error when trackd cannot be reached or is not ready, so
 // `trackd status` works as a Kubernetes exec probe in images without curl.
 func queryStatus(ctx context.Context, cfg config.Config, out io.Writer) error {
-	client, base := clientFor(cfg)
-	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+pathStatus, nil)
+	body, err := callTrackd(ctx, cfg, http.MethodGet, pathStatus, nil, out)
 	if err != nil {
-		return fmt.Errorf("query trackd status: %w", err)
-	}
-	if tok := cfg.Listen.AuthToken.Reveal(); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("query trackd status at %s: %w (is trackd running with this config?)", describeEndpoint(cfg), errors.Unwrap(err))
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("query trackd status at %s: read answer: %w", describeEndpoint(cfg), err)
-	}
-	var pretty bytes.Buffer
-	if json.Indent(&pretty, body, "", "  ") == nil {
-		body = append(pretty.Bytes(), '\n')
-	}
-	_, _ = out.Write(body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("trackd at %s answered %s", describeEndpoint(cfg), resp.Status)
+		return err
 	}
 	var st struct {
 		Ready string `json:"ready"`
@@ -53,6 +31,43 @@ func queryStatus(ctx context.Context, cfg config.Config, out io.Writer) error {
 		return fmt.Errorf("trackd is not ready: %s", st.Ready)
 	}
 	return nil
+}
+
+// callTrackd sends one request to the local trackd described by cfg, with
+// its bearer token, prints the answer (indented when it is JSON) to out and
+// returns it. An answer other than 200 is an error.
+func callTrackd(ctx context.Context, cfg config.Config, method, path string, reqBody []byte, out io.Writer) ([]byte, error) {
+	client, base := clientFor(cfg)
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(reqBody))
+	if err != nil {
+		return nil, fmt.Errorf("ask trackd: %w", err)
+	}
+	if reqBody != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if tok := cfg.Listen.AuthToken.Reveal(); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("ask trackd at %s: %w (is trackd running with this config?)", describeEndpoint(cfg), errors.Unwrap(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("ask trackd at %s: read answer: %w", describeEndpoint(cfg), err)
+	}
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, body, "", "  ") == nil {
+		_, _ = out.Write(append(pretty.Bytes(), '\n'))
+	} else {
+		_, _ = out.Write(body)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("trackd at %s answered %s", describeEndpoint(cfg), resp.Status)
+	}
+	return body, nil
 }
 
 // clientFor returns a client for the local trackd, preferring the Unix
