@@ -32,8 +32,7 @@
 //	408, 429, 5xx, timeout, refused, reset, DNS failure      retryable: sent again
 //
 // Permanent: the record moves to the spool's dead letters with the HTTP
-// status, the time, and the first KiB of the answer's body as the reason (the
-// spool keeps the first 512 bytes of that). It is never retried
+// status, the time, and the first KiB of the answer's body as the reason. It is never retried
 // automatically; each is logged at warn (repeats are summarised). A 4xx the
 // contract does not describe is taken as upstream refusing the event.
 //
@@ -96,8 +95,10 @@
 //
 // # Shutdown
 //
-// Shutdown keeps sending while upstream accepts, until the spool is empty or
-// its context ends; then it cancels what is in flight, commits the deletes of
+// Shutdown keeps sending while upstream accepts, until the spool is empty,
+// its context ends, or upstream stops accepting (down, paused, halted, or a
+// record waiting out a retry backoff: waiting would only hold the process
+// up); then it cancels what is in flight, commits the deletes of
 // what was delivered, and returns once every goroutine has. What is unsent
 // stays in the spool. Cancelling Start's context is the same hard stop.
 //
