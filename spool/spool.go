@@ -240,6 +240,8 @@ type Spool struct {
 	lastCompact time.Time
 	writerErr   error // the result of the final commit and close, for Close
 	stuck       bool  // see panicError
+	zeroedEnd   int64 // end of the zero-filled space above bbolt's pages (prezero.go)
+	prezeroOff  bool  // zero-filling failed once and is not tried again
 }
 
 // Open opens or creates the spool at opts.Path. A file that cannot be read

@@ -282,6 +282,7 @@ func (s *Spool) commit(batch []*request, rep *gcReport) (sweepMore bool) {
 		s.log.Error("dropped spool records that failed their checksum", "path", s.path, "records", t.droppedCorrupt)
 	}
 	s.maybeCompact(t.size)
+	s.prezero(t.size)
 	return t.more
 }
 
@@ -742,6 +743,7 @@ func (s *Spool) maybeCompact(used int64) {
 		s.log.Warn("spool compaction failed; the file is left as it was", "path", s.path, "error", err)
 		return
 	}
+	s.zeroedEnd = 0 // a new file: zero-fill ahead of its own high-water mark
 	s.mu.Lock()
 	s.st.Compactions++
 	s.mu.Unlock()
