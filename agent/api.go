@@ -105,12 +105,7 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) serveIngest(w http.ResponseWriter, r *http.Request, kind event.Kind) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		a.fail(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed; use POST")
-		return
-	}
-	if !a.requireToken(w, r) {
+	if !a.allowPost(w, r) || !a.requireToken(w, r) {
 		return
 	}
 	if msg := unsupportedContentType(r.Header.Get("Content-Type")); msg != "" {
@@ -310,6 +305,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// allowPost answers 405 with an Allow header to anything but POST.
+func (a *api) allowPost(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodPost {
+		return true
+	}
+	w.Header().Set("Allow", http.MethodPost)
+	a.fail(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed; use POST")
+	return false
 }
 
 func allowGet(w http.ResponseWriter, r *http.Request) bool {

@@ -108,12 +108,7 @@ type requeueRequest struct {
 }
 
 func (a *api) serveRequeue(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		a.fail(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed; use POST")
-		return
-	}
-	if !a.requireToken(w, r) {
+	if !a.allowPost(w, r) || !a.requireToken(w, r) {
 		return
 	}
 	var req requeueRequest

@@ -469,22 +469,20 @@ func (t *txn) dropOldest(target int64) error {
 }
 
 func (t *txn) deleteQueued(k []byte, vlen int) error {
-	if err := t.q.Delete(k); err != nil {
-		return err
-	}
-	t.c.queued--
-	t.c.queuedBytes -= int64(keySize + vlen)
-	t.dirty = true
-	t.fullState = -1
-	return nil
+	return t.deleteFrom(t.q, &t.c.queued, &t.c.queuedBytes, k, vlen)
 }
 
 func (t *txn) deleteDead(k []byte, vlen int) error {
-	if err := t.dead.Delete(k); err != nil {
+	return t.deleteFrom(t.dead, &t.c.dead, &t.c.deadBytes, k, vlen)
+}
+
+// deleteFrom deletes k from b and takes it off b's counters.
+func (t *txn) deleteFrom(b *bolt.Bucket, count, bytes *int64, k []byte, vlen int) error {
+	if err := b.Delete(k); err != nil {
 		return err
 	}
-	t.c.dead--
-	t.c.deadBytes -= int64(keySize + vlen)
+	*count--
+	*bytes -= int64(keySize + vlen)
 	t.dirty = true
 	t.fullState = -1
 	return nil
