@@ -201,8 +201,18 @@ func (a *Agent) Status() any {
 			"throttled":     fw.Throttled,
 			"rate_limit":    fw.RateLimit,
 			"paused_until":  paused,
+			"upstream_down": fw.Down,
+			"last_error":    lastError(fw),
 		},
 	}
+}
+
+// lastError describes the forwarder's last failure for /status, or "".
+func lastError(fw forwarder.Stats) string {
+	if fw.LastErrorClass == "" {
+		return ""
+	}
+	return fw.LastErrorClass + " at " + fw.LastErrorAt.UTC().Format(time.RFC3339)
 }
 
 // redactURL hides credentials a URL may carry, for logs and status.
