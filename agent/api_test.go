@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -306,5 +308,55 @@ func TestChunkedBodyOverLimitIs413(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 413 {
 		t.Fatalf("status = %d, want 413", resp.StatusCode)
+	}
+}
+
+// TestCorruptSpoolIsQuarantinedAndTrackdStarts: whatever is at spool.path,
+// trackd starts, moves the unreadable file aside and serves.
+func TestCorruptSpoolIsQuarantinedAndTrackdStarts(t *testing.T) {
+	cases := []struct {
+		name   string
+		damage func(t *testing.T, path string)
+	}{
+		{"garbage bytes", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, bytes.Repeat([]byte("not a bbolt file "), 4096), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"truncated file", func(t *testing.T, path string) {
+			cfg := testConfig(t)
+			cfg.Spool.Path = path
+			ta := startAgent(t, cfg)
+			for i := 0; i < 50; i++ {
+				do(t, ta.tcp, "POST", ta.tcpURL+"/api/v1/track", nil, []byte(validTrack))
+			}
+			ta.close(t)
+			// Keep the meta pages but cut the tree they point to: the file
+			// is pre-grown, so a fraction of its size could still hold all
+			// of the few pages in use.
+			if err := os.Truncate(path, 3*4096); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			if err := os.MkdirAll(filepath.Dir(cfg.Spool.Path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, cfg.Spool.Path)
+			ta := startAgent(t, cfg)
+			if r := do(t, ta.tcp, "GET", ta.tcpURL+"/readyz", nil, nil); r.status != 200 {
+				t.Fatalf("readyz = %d %s after quarantine", r.status, r.body)
+			}
+			if r := do(t, ta.unix, "POST", "http://trackd/api/v1/track", nil, []byte(validTrack)); r.status != 200 {
+				t.Fatalf("track = %d %s on the fresh spool", r.status, r.body)
+			}
+			moved, _ := filepath.Glob(cfg.Spool.Path + ".corrupt-*")
+			if len(moved) != 1 {
+				t.Fatalf("quarantined files: %v, want one %s.corrupt-<unix>", moved, cfg.Spool.Path)
+			}
+		})
 	}
 }
