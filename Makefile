@@ -50,5 +50,10 @@ fmt:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+## test-reliability: the fault, load and hostile-input suite, CI-sized (~2 min on 2 cores).
+## The soak: go test -race -count=1 -timeout 0 -v -run TestSoak ./test/reliability/ -args -profile=long -soak=10m -report=soak.md
+test-reliability:
+	$(GO) test -race -count=1 -timeout 10m ./test/reliability/ -args -profile=short
+
 clean:
 	rm -rf $(BIN) data .demo

@@ -123,6 +123,10 @@ type unixListener struct {
 	once sync.Once
 }
 
+// Addr is the socket's path, where clients connect; the listener itself was
+// bound at a staging path that no longer exists.
+func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
 func (l *unixListener) Close() error {
 	err := l.UnixListener.Close()
 	l.once.Do(func() {

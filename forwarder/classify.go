@@ -197,3 +197,16 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// maskAPIKey replaces the event's own apiKey in reason with "***". Upstream
+// may quote the key back ("apiKey sk-... is not valid"); the reason is
+// logged and kept with the dead letter, where a secret must not appear.
+func maskAPIKey(reason string, body []byte) string {
+	var ev struct {
+		APIKey string `json:"apiKey"`
+	}
+	if json.Unmarshal(body, &ev) != nil || len(ev.APIKey) < 4 {
+		return reason
+	}
+	return strings.ReplaceAll(reason, ev.APIKey, "***")
+}

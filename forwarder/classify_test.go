@@ -238,3 +238,14 @@ func TestRateLimiterBurstShrinksWithRate(t *testing.T) {
 		t.Fatalf("burst after a long idle at 12.5/s: %d", n)
 	}
 }
+
+func TestDeadLetterReasonNeverHoldsTheEventsAPIKey(t *testing.T) {
+	body := []byte(`{"apiKey":"sk-live-123456","event":"e","userId":"u"}`)
+	got := maskAPIKey(`{"status":"failure","message":"apiKey sk-live-123456 is not valid"}`, body)
+	if strings.Contains(got, "sk-live-123456") || !strings.Contains(got, "apiKey *** is not valid") {
+		t.Fatalf("reason = %s", got)
+	}
+	if got := maskAPIKey("plain", []byte("not json")); got != "plain" {
+		t.Fatalf("a body that is not JSON changed the reason: %s", got)
+	}
+}

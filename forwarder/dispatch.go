@@ -406,6 +406,7 @@ func (d *dispatcher) handle(r result, now time.Time) {
 		d.committing++
 
 	case permanent:
+		o.reason = maskAPIKey(o.reason, it.rec.Body)
 		d.f.counters.dead.Add(1)
 		d.answered(now)
 		d.pending.dead = append(d.pending.dead, deadOp{id: it.rec.ID, kind: it.rec.Kind, status: o.status, reason: o.reason})

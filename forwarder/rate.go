@@ -111,12 +111,15 @@ func (c *rateControl) observed(now time.Time) float64 {
 			oldest = t
 		}
 	}
-	if n == len(c.sends) {
-		if span := now.Sub(oldest); span > 0 {
-			return float64(n) / span.Seconds()
-		}
+	// The sends counted may cover less than a second: the whole ring was
+	// filled faster, or sending began a moment ago (the first 429 often
+	// comes ~100 ms in). Divide by the time they actually cover, at least
+	// 100 ms, or the rate would be underestimated by that much.
+	span := max(now.Sub(oldest), 100*time.Millisecond)
+	if n == 0 || span >= time.Second {
+		return float64(n)
 	}
-	return float64(n)
+	return float64(n) / span.Seconds()
 }
 
 // throttled applies a 429 for a request sent at sentAt and answered at now.

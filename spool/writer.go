@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -383,12 +384,21 @@ func (t *txn) apply(r *request) (res, err error) {
 	case opDelete:
 		for _, id := range r.ids {
 			k := encodeKey(id)
-			if v := t.q.Get(k); v != nil {
-				if err := t.deleteQueued(k, len(v)); err != nil {
-					return nil, err
+			v := t.q.Get(k)
+			if v == nil {
+				if t.reachableByIteration(k) {
+					// Lookup and iteration disagree: a branch page's key is
+					// damaged. Ignoring the miss would leave the record queued
+					// and sent again forever; stopping lets Open's full check
+					// deal with the file.
+					return nil, t.s.markCorrupt(fmt.Sprintf("queue record %d is found by iterating but not by lookup (a damaged branch page)", id))
 				}
-				t.deleted++
+				continue
 			}
+			if err := t.deleteQueued(k, len(v)); err != nil {
+				return nil, err
+			}
+			t.deleted++
 		}
 		return nil, nil
 	case opDeadLetter:
@@ -474,6 +484,27 @@ func (t *txn) deleteQueued(k []byte, vlen int) error {
 
 func (t *txn) deleteDead(k []byte, vlen int) error {
 	return t.deleteFrom(t.dead, &t.c.dead, &t.c.deadBytes, k, vlen)
+}
+
+// maxMissScan bounds the iteration reachableByIteration does on a missed
+// delete. Misses are normally records a policy dropped, near the queue's head.
+const maxMissScan = 100000
+
+// reachableByIteration reports whether key k is in the queue when walked in
+// order from its head, which does not use branch keys the way a lookup does.
+func (t *txn) reachableByIteration(k []byte) bool {
+	c := t.q.Cursor()
+	n := 0
+	for key, _ := c.First(); key != nil && n < maxMissScan; key, _ = c.Next() {
+		switch bytes.Compare(key, k) {
+		case 0:
+			return true
+		case 1:
+			return false
+		}
+		n++
+	}
+	return false
 }
 
 // deleteFrom deletes k from b and takes it off b's counters.

@@ -14,7 +14,7 @@
 //
 // and the soak on demand with
 //
-//	go test -race -count=1 -timeout 0 -run 'Soak' ./test/reliability/ -args -profile=long -soak=10m
+//	go test -race -count=1 -timeout 0 -v -run 'TestSoak' ./test/reliability/ -args -profile=long -soak=10m
 //
 // Without -profile every test skips, so `go test ./...` (make test) only
 // compiles and vets the suite.
@@ -38,10 +38,17 @@
 //
 // # Flags (after -args)
 //
-//	-profile short|long    short: CI-sized (under 3 minutes on 2 cores);
-//	                       long: more crashes, the full soak
-//	-soak DURATION         the long profile's soak, default 10m
+//	-profile short|long    short: CI-sized (about 95 s on 2 cores); long: 100
+//	                       crashes, 10 SIGTERMs, 40 bit-flip trials, the
+//	                       30 s slow-body check and the full soak
+//	-soak DURATION         the long profile's soak fill, default 10m
 //	-soak.rate N           events per second offered during the soak
+//	                       (default 1000)
 //	-report FILE           append the measured figures as Markdown
 //	-keep                  keep work directories (spools, logs) of failed tests
+//	-trackd.race           build trackd with -race (memory figures are then
+//	                       meaningless)
+//
+// trackd is built once per run without -race, as shipped: RssAnon is
+// measured on it. The tests themselves run with -race.
 package reliability

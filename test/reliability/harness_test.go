@@ -264,6 +264,9 @@ type trackd struct {
 	exitErr error         // valid after done
 	tcp     *http.Client
 	unix    *http.Client
+	// token is the bearer token for /status when cfg.AuthToken is an
+	// ${ENV} reference.
+	token string
 }
 
 // procEnv is the environment of trackd processes: the test's, without any
@@ -405,6 +408,23 @@ func (d *trackd) waitReady(timeout time.Duration) {
 	}
 }
 
+// waitReadyOrExit waits until /readyz answers 200 or trackd exits by
+// itself, and says which.
+func (d *trackd) waitReadyOrExit(timeout time.Duration) bool {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !d.exited() {
+		if st, _, err := d.get("/readyz"); err == nil && st == 200 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("trackd neither ready nor stopped after %s\n%s", timeout, tail(d.log.String(), 3000))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
+
 // kill SIGKILLs trackd and waits for it to be gone.
 func (d *trackd) kill() {
 	d.t.Helper()
@@ -487,8 +507,8 @@ type status struct {
 
 func (d *trackd) status() (status, error) {
 	var hdr []string
-	if d.cfg.AuthToken != "" {
-		hdr = []string{"Authorization", "Bearer " + d.cfg.AuthToken}
+	if tok := or(d.token, d.cfg.AuthToken); tok != "" {
+		hdr = []string{"Authorization", "Bearer " + tok}
 	}
 	code, body, err := d.get("/status", hdr...)
 	var st status
@@ -592,15 +612,6 @@ func (s *rssSampler) finish() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peak
-}
-
-func (s *rssSampler) last() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.samples) == 0 {
-		return 0
-	}
-	return s.samples[len(s.samples)-1]
 }
 
 // waitFor polls cond until it holds or timeout passes; then it fails the

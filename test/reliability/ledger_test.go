@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
@@ -39,7 +38,7 @@ const (
 )
 
 func (o outcome) String() string {
-	return [...]string{"?", "acked", "refused", "not sent", "unknown"}[o]
+	return [...]string{"in flight", "acked", "refused", "not sent", "unknown"}[o]
 }
 
 type ledgerEntry struct {
@@ -99,6 +98,14 @@ func classifyErr(err error) outcome {
 		return notSent
 	}
 	return unknown
+}
+
+// begin registers an event before it is sent, so that upstream can check
+// its body even if it arrives before the client has read trackd's answer.
+func (l *ledger) begin(id string, kind, pad int) {
+	l.mu.Lock()
+	l.m[id] = ledgerEntry{kind: uint8(kind), pad: int32(pad)}
+	l.mu.Unlock()
 }
 
 func (l *ledger) record(id string, kind, pad, status int, err error) outcome {
@@ -190,6 +197,7 @@ func post(ctx context.Context, c *http.Client, url string, body []byte, hdr http
 // sendOne sends one tagged event and records the outcome.
 func (l *ledger) sendOne(ctx context.Context, c *http.Client, base string, kind, pad int, hdr http.Header) (string, int, outcome) {
 	id := l.newID()
+	l.begin(id, kind, pad)
 	status, _, _, err := post(ctx, c, base+kindPath(kind), eventBody(id, kind, pad), hdr)
 	return id, status, l.record(id, kind, pad, status, err)
 }
@@ -287,6 +295,7 @@ func startLoad(l *ledger, targets []target, o loadOpts) *load {
 						kind = 1
 					}
 					id := l.newID()
+					l.begin(id, kind, o.pad)
 					t0 := time.Now()
 					// A request in flight is not cancelled when the load
 					// stops: its answer must be known.

@@ -15,7 +15,7 @@ import (
 var (
 	profileFlag = flag.String("profile", "", "short (CI) or long (soak and more crash rounds); empty skips the suite")
 	soakFlag    = flag.Duration("soak", 10*time.Minute, "duration of the long profile's soak fill phase")
-	soakRate    = flag.Int("soak.rate", 1000, "events per second offered to trackd during the soak")
+	soakRate    = flag.Int("soak.rate", 0, "events per second offered to trackd during the soak (default: the profile's)")
 	reportFlag  = flag.String("report", "", "append measured figures to this file as Markdown")
 	keepFlag    = flag.Bool("keep", false, "keep the work directories of failed tests")
 	raceTrackd  = flag.Bool("trackd.race", false, "build the trackd binary with -race (memory figures are then meaningless)")
@@ -35,6 +35,7 @@ type profile struct {
 	soakFill   time.Duration
 	soakCycles int
 	soakCycle  time.Duration
+	soakRate   float64
 	// floodFor is how long the flood of 400s lasts.
 	floodFor time.Duration
 	// bitflipTrials is how many damaged copies of a spool are started.
@@ -45,11 +46,11 @@ func currentProfile() profile {
 	switch *profileFlag {
 	case "long":
 		return profile{name: "long", crashKills: 100, crashRunMin: 100 * time.Millisecond, crashRunMax: 2 * time.Second,
-			shutdownRounds: 10, soakFill: *soakFlag, soakCycles: 3, soakCycle: max(*soakFlag/10, 10*time.Second),
+			shutdownRounds: 10, soakFill: *soakFlag, soakCycles: 3, soakCycle: max(*soakFlag/10, 10*time.Second), soakRate: 1000,
 			floodFor: 30 * time.Second, bitflipTrials: 40}
 	default:
 		return profile{name: "short", crashKills: 20, crashRunMin: 100 * time.Millisecond, crashRunMax: 500 * time.Millisecond,
-			shutdownRounds: 3, soakFill: 8 * time.Second, soakCycles: 2, soakCycle: 3 * time.Second,
+			shutdownRounds: 3, soakFill: 8 * time.Second, soakCycles: 2, soakCycle: 3 * time.Second, soakRate: 1000,
 			floodFor: 4 * time.Second, bitflipTrials: 8}
 	}
 }
