@@ -148,15 +148,6 @@ func (a *Agent) Close(ctx context.Context) error {
 			fctx, cancel = context.WithDeadline(ctx, dl.Add(-time.Until(dl)/10))
 			defer cancel()
 		}
-		select {
-		case <-a.spool.Damaged():
-			// Nothing can be read or deleted any more: a drain would only
-			// delay the restart that repairs the file.
-			var stop context.CancelFunc
-			fctx, stop = context.WithCancel(fctx)
-			stop()
-		default:
-		}
 		if err := a.forwarder.Shutdown(fctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 			errs = append(errs, fmt.Errorf("stop forwarder: %w", err))
 		}
