@@ -539,7 +539,8 @@ func TestWhileDownOneProbeAtATime(t *testing.T) {
 	opts.RetryInitial, opts.RetryMax = 5*time.Millisecond, 40*time.Millisecond
 	f := startForwarder(t, sp, opts)
 	waitFor(t, 5*time.Second, "upstream seen down", func() bool { return f.Stats().Down })
-	time.Sleep(2 * delay) // let the requests sent before the switch finish
+	// Requests sent before the switch to probing must finish first.
+	waitFor(t, 5*time.Second, "at most one request in flight", func() bool { return f.Stats().InFlight <= 1 })
 	up.Reset()
 	waitFor(t, 5*time.Second, "probes", func() bool { return up.Count() >= 6 })
 	got := up.Received()

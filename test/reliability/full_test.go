@@ -52,7 +52,9 @@ func TestFullSpoolReject(t *testing.T) {
 	}
 	// While full, every event is refused, from any client.
 	ld := startLoad(l, d.targets(), loadOpts{workers: 2, pad: 1000, pause: time.Millisecond})
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "the load to try 50 events against the full spool", 10*time.Second, func() bool {
+		return ld.sent.Load() >= 50
+	}, d.log.String)
 	ld.stop()
 	if n := ld.ok.Load(); n != 0 {
 		t.Errorf("%d events accepted while the spool was full", n)
