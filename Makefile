@@ -1,12 +1,17 @@
 # trackd — see README.md. Every target works on a fresh machine with Go.
 GO      ?= go
+# go.mod asks for Go 1.27.3: 1.26.8's net/http, crypto/tls and crypto/x509 have
+# known vulnerabilities (govulncheck). With GOTOOLCHAIN=auto a machine whose Go
+# is older fetches go1.27.3 through the module proxy on first use (~80 MB, once);
+# Go's own default on some machines is "local", which would refuse instead.
+export GOTOOLCHAIN ?= auto
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/trackd/trackd/agent.Version=$(VERSION)
 BIN     := bin
 CONFIG  ?= config.example.yaml
 FUZZTIME ?= 15s
 
-.PHONY: all build run test test-gomaxprocs1 fuzz bench bench-load demo fmt fmt-check lint vuln clean test-reliability
+.PHONY: all build run test test-gomaxprocs1 fuzz bench bench-load demo fmt fmt-check vulncheck clean test-reliability
 
 all: build
 
@@ -54,6 +59,11 @@ fmt-check:
 ## The soak: go test -race -count=1 -timeout 0 -v -run TestSoak ./test/reliability/ -args -profile=long -soak=10m -report=soak.md
 test-reliability:
 	$(GO) test -race -count=1 -timeout 10m ./test/reliability/ -args -profile=short
+
+## vulncheck: govulncheck ./... against a vulnerability database built locally
+## from the golang.org/x/vulndb module (no network beyond the module proxy).
+vulncheck:
+	bash .ci/vulncheck
 
 clean:
 	rm -rf $(BIN) data .demo

@@ -1,13 +1,13 @@
 module github.com/trackd/trackd
 
-go 1.26.8
+go 1.27.3
 
 require (
 	github.com/kardianos/service v1.3.0
 	github.com/prometheus/client_golang v1.23.2
 	go.etcd.io/bbolt v1.4.3
 	go.uber.org/goleak v1.3.0
-	golang.org/x/sys v0.35.0
+	golang.org/x/sys v0.50.0
 	golang.org/x/time v0.16.0
 	gopkg.in/yaml.v3 v3.0.1
 )
