@@ -30,9 +30,20 @@ type ingestResult struct {
 	p50, p99, p999  time.Duration
 	peakRSSAnonKiB  int64
 	perCommit       float64 // events per spool commit (trackd only)
+	// CPU time (user+system) spent during the run by the server process
+	// and by this process, the load generator.
+	serverCPU, clientCPU time.Duration
 }
 
 func (r ingestResult) rate() float64 { return float64(r.acked) / r.elapsed.Seconds() }
+
+// cpuPerEvent is d per acknowledged event, in microseconds.
+func (r ingestResult) cpuPerEvent(d time.Duration) float64 {
+	if r.acked == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(r.acked)
+}
 
 // runIngest measures acknowledged events/s, ack latency and peak RssAnon of
 // trackd over TCP and the Unix socket, and of the baseline: the same HTTP
@@ -43,6 +54,8 @@ func runIngest(args []string) error {
 	clients := fs.Int("clients", 64, "concurrent keep-alive clients")
 	trackdBin := fs.String("trackd", defaultTrackdBinary(), "path of the trackd binary to measure")
 	repeat := fs.Int("repeat", 1, "runs per server and network; medians are reported")
+	serverList := fs.String("servers", "baseline,trackd", "servers to measure, comma-separated (to profile one alone)")
+	networkList := fs.String("networks", "tcp,unix", "networks to measure, comma-separated")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,11 +66,23 @@ func runIngest(args []string) error {
 	fmt.Printf("ingest: %d clients, %s per run, %d run(s) each, GOMAXPROCS of this machine: %d cores\n",
 		*clients, *duration, *repeat, numCPU())
 
+	servers, networks := strings.Split(*serverList, ","), strings.Split(*networkList, ",")
+	for _, s := range servers {
+		if s != "baseline" && s != "trackd" {
+			return fmt.Errorf("-servers: unknown server %q (want baseline, trackd)", s)
+		}
+	}
+	for _, n := range networks {
+		if n != "tcp" && n != "unix" {
+			return fmt.Errorf("-networks: unknown network %q (want tcp, unix)", n)
+		}
+	}
+
 	type key struct{ server, network string }
 	results := map[key][]ingestResult{}
 	for i := 0; i < *repeat; i++ {
-		for _, server := range []string{"baseline", "trackd"} {
-			for _, network := range []string{"tcp", "unix"} {
+		for _, server := range servers {
+			for _, network := range networks {
 				var cmd []string
 				if server == "trackd" {
 					cmd = []string{*trackdBin, "run", "-config"}
@@ -73,20 +98,26 @@ func runIngest(args []string) error {
 		}
 	}
 
-	fmt.Printf("\n%-9s %-5s %12s %9s %9s %9s %9s %12s %11s\n", "server", "net", "events/s", "p50", "p99", "p99.9", "failed", "RssAnon", "ev/commit")
+	fmt.Printf("\n%-9s %-5s %12s %9s %9s %9s %9s %12s %11s %11s %11s\n", "server", "net", "events/s", "p50", "p99", "p99.9", "failed", "RssAnon", "ev/commit", "server CPU", "client CPU")
 	medians := map[key]ingestResult{}
-	for _, server := range []string{"baseline", "trackd"} {
-		for _, network := range []string{"tcp", "unix"} {
+	for _, server := range servers {
+		for _, network := range networks {
 			k := key{server, network}
 			m := medianResult(results[k])
 			medians[k] = m
-			fmt.Printf("%-9s %-5s %12.0f %9s %9s %9s %9d %8d KiB %11.1f\n", server, network, m.rate(),
-				m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.p999.Round(time.Microsecond), m.failed, m.peakRSSAnonKiB, m.perCommit)
+			fmt.Printf("%-9s %-5s %12.0f %9s %9s %9s %9d %8d KiB %11.1f %8.1f µs %8.1f µs\n", server, network, m.rate(),
+				m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.p999.Round(time.Microsecond), m.failed, m.peakRSSAnonKiB, m.perCommit,
+				m.cpuPerEvent(m.serverCPU), m.cpuPerEvent(m.clientCPU))
 		}
 	}
+	fmt.Println("(CPU: user+system time per acknowledged event, of the server process and of this load generator)")
 	fmt.Println()
-	for _, network := range []string{"tcp", "unix"} {
-		d, b := medians[key{"trackd", network}], medians[key{"baseline", network}]
+	for _, network := range networks {
+		d, okd := medians[key{"trackd", network}]
+		b, okb := medians[key{"baseline", network}]
+		if !okd || !okb {
+			continue
+		}
 		fmt.Printf("durable/baseline over %s: %.0f%% (target >= 60%%); p99 %s (target < 10ms); peak RssAnon %d KiB (target < 65536)\n",
 			network, 100*d.rate()/b.rate(), d.p99.Round(time.Microsecond), d.peakRSSAnonKiB)
 	}
@@ -186,6 +217,11 @@ log: {level: warn}
 	lat := make([][]time.Duration, clients)
 	var acked, failed atomic.Int64
 	var wg sync.WaitGroup
+	serverCPU0, err := processCPU(cmd.Process.Pid)
+	if err != nil {
+		return ingestResult{}, err
+	}
+	clientCPU0 := selfCPU()
 	start := time.Now()
 	for c := 0; c < clients; c++ {
 		wg.Add(1)
@@ -214,6 +250,12 @@ log: {level: warn}
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	clientCPU := selfCPU() - clientCPU0
+	serverCPU, err := processCPU(cmd.Process.Pid)
+	if err != nil {
+		return ingestResult{}, err
+	}
+	serverCPU -= serverCPU0
 	samplerDone.Wait()
 
 	perCommit := 0.0
@@ -233,7 +275,8 @@ log: {level: warn}
 		return all[min(len(all)-1, int(p*float64(len(all))))]
 	}
 	return ingestResult{server: server, network: network, acked: acked.Load(), failed: failed.Load(), elapsed: elapsed,
-		p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), peakRSSAnonKiB: peak.Load(), perCommit: perCommit}, nil
+		p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), peakRSSAnonKiB: peak.Load(), perCommit: perCommit,
+		serverCPU: serverCPU, clientCPU: clientCPU}, nil
 }
 
 func waitHealthy(c *http.Client, url string, stderr *bytes.Buffer) error {
@@ -286,6 +329,39 @@ func rssAnonKiB(pid int) (int64, error) {
 		}
 	}
 	return 0, errors.New("no RssAnon line in /proc status")
+}
+
+// processCPU reads a process's user+system CPU time from /proc/<pid>/stat.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; count from after its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond, nil
+}
+
+// selfCPU is this process's user+system CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func freeAddr() (string, error) {
