@@ -90,6 +90,10 @@ type dispatcher struct {
 	readRetryAt time.Time // after a failed Read
 	readFailing bool
 	draining    bool
+	// drainThrottled: upstream answered 429 during the drain. Without a
+	// Retry-After a 429 only lowers the rate, so a drain against an
+	// upstream that throttles everything would run until the deadline.
+	drainThrottled bool
 
 	pending      *batch // writes not yet handed to the committer
 	pendingSince time.Time
@@ -255,9 +259,10 @@ func (d *dispatcher) loop(ctx context.Context) {
 }
 
 // accepting reports whether upstream is taking events now: not down, not
-// paused, and no record waiting out a retry backoff.
+// paused, not throttling the drain, and no record waiting out a retry
+// backoff.
 func (d *dispatcher) accepting(now time.Time) bool {
-	if _, paused := d.f.paused(now); paused {
+	if _, paused := d.f.paused(now); paused || d.drainThrottled {
 		return false
 	}
 	return !d.down && d.halts == 0 && d.delayed.Len() == 0
@@ -457,6 +462,7 @@ func (d *dispatcher) handle(r result, now time.Time) {
 			d.f.counters.throttled.Add(1)
 			d.setError(o.kind, now)
 			d.answered(now)
+			d.drainThrottled = d.draining
 			if changed, from := d.rc.throttled(r.sentAt, now); changed {
 				d.f.log.Info("upstream throttled trackd; lowering the send rate",
 					"status", o.status, "from", from, "rate", d.rc.limit())
