@@ -26,6 +26,7 @@ run: build
 ## test: vet, then every test with the race detector.
 test:
 	$(GO) vet ./...
+	$(GO) vet -tags reliability ./test/reliability/
 	$(GO) test -race -count=1 ./...
 
 ## test-gomaxprocs1: the suite once more on one P, to shake out ordering assumptions.
@@ -56,9 +57,9 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 ## test-reliability: the fault, load and hostile-input suite, CI-sized (~2 min on 2 cores).
-## The soak: go test -race -count=1 -timeout 0 -v -run TestSoak ./test/reliability/ -args -profile=long -soak=10m -report=soak.md
+## The soak: go test -race -tags reliability -count=1 -timeout 0 -v -run TestSoak ./test/reliability/ -args -profile=long -soak=10m -report=soak.md
 test-reliability:
-	$(GO) test -race -count=1 -timeout 10m ./test/reliability/ -args -profile=short
+	$(GO) test -race -tags reliability -count=1 -timeout 10m ./test/reliability/ -args -profile=short
 
 ## vulncheck: govulncheck ./... against a vulnerability database built locally
 ## from the golang.org/x/vulndb module (no network beyond the module proxy).

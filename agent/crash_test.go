@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trackd/trackd/internal/trackdtest"
 )
 
 // trackdProcess is the real trackd binary running as a subprocess.
@@ -23,32 +25,14 @@ type trackdProcess struct {
 	done   chan error
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// trackdBinary builds cmd/trackd once per test run.
+// trackdBinary is cmd/trackd built with the race detector, once per test run.
 func trackdBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "trackd-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-		binPath = filepath.Join(dir, "trackd")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, "../cmd/trackd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	path, err := trackdtest.Binary(true)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return path
 }
 
 // writeConfigFile writes a config for a subprocess trackd into dir.

@@ -17,17 +17,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/trackd/trackd/agent/config"
+	"github.com/trackd/trackd/internal/trackdtest"
 	"github.com/trackd/trackd/spool"
 )
 
-// cleanups run after all tests (the shared trackd binary's directory).
-var cleanups []func()
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, f := range cleanups {
-		f()
-	}
+	trackdtest.Cleanup()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)

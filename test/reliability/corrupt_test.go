@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -86,7 +88,6 @@ func pristineSpool(t testing.TB, w *work, l *ledger, n int) (string, map[string]
 // cannot read (a <path>.corrupt-<unix> file and an error-level log line),
 // and never delivers a damaged event.
 func TestCorruptSpoolFilesNeverStopTrackd(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	l := newLedger("corrupt")
@@ -413,7 +414,6 @@ func queueBranchKeyOffset(t testing.TB, path string, n int) int64 {
 // trackd writes (a torn copy, as a careless backup makes). trackd starts on
 // both; the killed one keeps every acknowledged event.
 func TestCrashMidCommitLeavesAReadableSpool(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	up.Down()
@@ -511,7 +511,6 @@ func TestCrashMidCommitLeavesAReadableSpool(t *testing.T) {
 // leaving records queued without a word means they are sent again on every
 // restart and the queue never empties.
 func TestSpoolNoticesABadBranchKey(t *testing.T) {
-	needProfile(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.db")
 	sp, err := spool.Open(spool.Options{Path: src, Logger: discardLogger()})

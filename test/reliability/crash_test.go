@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -84,7 +86,6 @@ func (f *flapper) finish(t testing.TB, up *upstream) map[string]int {
 // down, slow and 429. After the last restart every acknowledged event
 // reaches upstream.
 func TestCrashLoopLosesNothing(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	cfg := w.baseConfig(up.URL())

@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -113,7 +115,6 @@ func fillUntil503(t testing.TB, l *ledger, tg target, limit int) (retryAfter, ms
 // it had, takes events again without a restart once the limit is raised,
 // survives a SIGKILL while writes fail, and the file is never corrupt.
 func TestDiskErrorsAnswer503AndRecover(t *testing.T) {
-	needProfile(t)
 	// Writes past RLIMIT_FSIZE raise SIGXFSZ, whose default action kills.
 	// Children inherit an ignored signal across exec; the Go runtime in
 	// trackd then installs its own handler for SIGXFSZ anyway, which drops

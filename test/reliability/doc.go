@@ -10,14 +10,14 @@
 //
 //	make test-reliability
 //	# which is
-//	go test -race -count=1 -timeout 10m ./test/reliability/ -args -profile=short
+//	go test -race -tags reliability -count=1 -timeout 10m ./test/reliability/ -args -profile=short
 //
 // and the soak on demand with
 //
-//	go test -race -count=1 -timeout 0 -v -run 'TestSoak' ./test/reliability/ -args -profile=long -soak=10m
+//	go test -race -tags reliability -count=1 -timeout 0 -v -run 'TestSoak' ./test/reliability/ -args -profile=long -soak=10m
 //
-// Without -profile every test skips, so `go test ./...` (make test) only
-// compiles and vets the suite.
+// The tests build only with the reliability tag, so `go test ./...` (make
+// test) leaves them out; make test vets them with the tag.
 //
 // # The audit
 //

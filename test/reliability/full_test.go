@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -11,7 +13,6 @@ import (
 // trackd answers 503 with Retry-After, /readyz says not ready, and nothing
 // already stored is lost; once upstream drains the spool, 200s return.
 func TestFullSpoolReject(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	up.Down()
@@ -90,7 +91,6 @@ func TestFullSpoolReject(t *testing.T) {
 // are counted in trackd_spool_dropped_total{reason="max_bytes"} and
 // logged, and the rest are delivered.
 func TestFullSpoolDropOldest(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	up.Down()

@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (

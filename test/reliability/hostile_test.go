@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -155,7 +157,6 @@ func streamBody(t testing.TB, addr string, header string, n int64, chunked bool)
 // running trackd. Each gets its documented status, memory stays bounded,
 // and trackd stays healthy and keeps serving well-behaved clients.
 func TestHostileInput(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	cfg := w.baseConfig(up.URL())
@@ -488,7 +489,6 @@ func TestHostileInput(t *testing.T) {
 // ReadHeaderTimeout (5s), one that dribbles its body by ReadTimeout (30s,
 // checked in the long profile only).
 func TestSlowClientsAreCutOff(t *testing.T) {
-	needProfile(t)
 	t.Parallel()
 	w := newWork(t)
 	cfg := w.baseConfig("http://" + freeAddr(t))

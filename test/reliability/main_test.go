@@ -1,19 +1,19 @@
+//go:build reliability
+
 package reliability
 
 import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/trackd/trackd/internal/trackdtest"
 )
 
 var (
-	profileFlag = flag.String("profile", "", "short (CI) or long (soak and more crash rounds); empty skips the suite")
+	profileFlag = flag.String("profile", "short", "short (CI) or long (soak and more crash rounds)")
 	soakFlag    = flag.Duration("soak", 10*time.Minute, "duration of the long profile's soak fill phase")
 	soakRate    = flag.Int("soak.rate", 0, "events per second offered to trackd during the soak (default: the profile's)")
 	reportFlag  = flag.String("report", "", "append measured figures to this file as Markdown")
@@ -57,71 +57,26 @@ func currentProfile() profile {
 
 var prof profile
 
-// binDir holds the trackd binary built for this run.
-var binDir string
-
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if *profileFlag != "" && *profileFlag != "short" && *profileFlag != "long" {
+	if *profileFlag != "short" && *profileFlag != "long" {
 		fmt.Fprintf(os.Stderr, "reliability: -profile must be short or long, not %q\n", *profileFlag)
 		os.Exit(2)
 	}
 	prof = currentProfile()
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	trackdtest.Cleanup()
 	os.Exit(code)
 }
-
-// needProfile skips the test unless a profile was chosen: the suite is run
-// by make test-reliability, not by go test ./... .
-func needProfile(t *testing.T) {
-	t.Helper()
-	if *profileFlag == "" {
-		t.Skip("the reliability suite runs with -args -profile=short|long (make test-reliability)")
-	}
-}
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
 
 // trackdBinary builds cmd/trackd once per test run, without -race unless
 // asked: memory figures are measured on it and must be those of the
 // shipped binary.
 func trackdBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "trackd-rel-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binDir = dir
-		binPath = filepath.Join(dir, "trackd")
-		args := []string{"build", "-o", binPath}
-		if *raceTrackd {
-			args = append(args, "-race")
-		}
-		args = append(args, "github.com/trackd/trackd/cmd/trackd")
-		cmd := exec.Command("go", args...)
-		cmd.Env = os.Environ()
-		if !*raceTrackd {
-			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-		}
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-			return
-		}
-		fmt.Fprintf(os.Stderr, "reliability: built trackd in %s (profile %s)\n", time.Since(start).Round(time.Millisecond), prof.name)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	path, err := trackdtest.Binary(*raceTrackd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return path
 }

@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -78,7 +80,6 @@ func (w *dirWatch) stop() []string {
 // private (0700) staging directory and renamed into place, so there is no
 // moment at which a client could connect with looser permissions.
 func TestUnixSocketIsBornWithItsMode(t *testing.T) {
-	needProfile(t)
 	for _, mode := range []string{"0600", "0660", "0666"} {
 		t.Run(mode, func(t *testing.T) {
 			w := newWork(t)
@@ -166,7 +167,6 @@ func parseOctal(t testing.TB, s string) uint32 {
 // left exactly as it was. A world-writable directory without the sticky bit
 // is refused too.
 func TestSocketPathThatIsNotASocketIsRefused(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	target := w.path("precious.txt")
 	if err := os.WriteFile(target, []byte("do not delete"), 0o644); err != nil {
@@ -234,7 +234,6 @@ func TestSocketPathThatIsNotASocketIsRefused(t *testing.T) {
 // without auth_token logs a warning at start; with a token, or on loopback,
 // it does not.
 func TestNonLoopbackListenerWithoutTokenWarns(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	for _, tc := range []struct {
 		name, host, token string
@@ -263,7 +262,6 @@ func TestNonLoopbackListenerWithoutTokenWarns(t *testing.T) {
 // TestSpoolFileModes: the spool's directory is created 0700 and the file
 // 0600, whatever the umask.
 func TestSpoolFileModes(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	cfg := w.baseConfig("http://" + freeAddr(t))
 	cfg.SpoolPath = w.path("new/deeper/spool.db")
@@ -300,7 +298,6 @@ func secret(prefix string) string {
 // metrics and dead letters, debug logging) and sweeps everything it printed
 // or answered for the secrets.
 func TestSecretsNeverLeak(t *testing.T) {
-	needProfile(t)
 	t.Parallel()
 	w := newWork(t)
 	cfgKey := secret("sk-cfg-")   // upstream.api_key via ${REL_API_KEY}
@@ -483,7 +480,6 @@ func bytesPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
 // not make trackd print the key: the refusal becomes a dead letter's reason,
 // which trackd logs and shows in GET /dead-letters.
 func TestSecretsEchoedByUpstreamStayHidden(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	key := secret("sk-echo-")
 	up := newUpstream(t)

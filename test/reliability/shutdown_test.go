@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -16,7 +18,6 @@ import (
 // either got a 200 and its event is kept or delivered, or got an error and
 // its event is not stored.
 func TestShutdownUnderLoad(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	cfg := w.baseConfig(up.URL())

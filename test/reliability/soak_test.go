@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -84,7 +86,6 @@ type soakPhase struct {
 // and time to drain; RssAnon must not grow with the spool, and the file
 // must not grow across cycles.
 func TestSoak(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	l := newLedger("soak")
 	cfg := w.baseConfig("")

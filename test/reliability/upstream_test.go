@@ -1,3 +1,5 @@
+//go:build reliability
+
 package reliability
 
 import (
@@ -220,7 +222,6 @@ func resumedWithin(limit time.Duration) func(t *testing.T, d *trackd, r caseResu
 // upstream misbehaves and delivered once it behaves, or dead-lettered when
 // upstream refused them for good.
 func TestUpstreamMisbehaviour(t *testing.T) {
-	needProfile(t)
 	years := 20 * 365 * 24 * time.Hour
 	cases := []upstreamCase{
 		{
@@ -433,7 +434,6 @@ func runUpstreamCase(t *testing.T, tc upstreamCase) {
 // wrong party, sending pauses with an error-level log, events are kept, and
 // are delivered once trackd is pointed at a good upstream.
 func TestUpstreamTLSErrors(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	f := newFront(up)
@@ -480,7 +480,6 @@ func TestUpstreamTLSErrors(t *testing.T) {
 // limit, as it does under a ceiling: its sawtooth averages about 3/4 of the
 // limit, and never sits below half of it for long.
 func TestRateAdaptsWithoutACeiling(t *testing.T) {
-	needProfile(t)
 	w := newWork(t)
 	up := newUpstream(t)
 	const limit = 200.0
