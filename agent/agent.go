@@ -66,8 +66,9 @@ func (a *Agent) Start() (err error) {
 			_ = a.spool.Close()
 		}
 	}()
-	if q := a.spool.Stats().Quarantined; q != "" {
-		a.log.Error("the spool file was unreadable; it was moved aside and a fresh spool started", "path", cfg.Spool.Path, "moved_to", q)
+	if st := a.spool.Stats(); st.Quarantined != "" {
+		a.log.Error("the spool file was unreadable; it was moved aside and a fresh spool started with the records that still read",
+			"path", cfg.Spool.Path, "moved_to", st.Quarantined, "salvaged", st.Salvaged)
 	}
 
 	a.forwarder, err = forwarder.New(a.spool, forwarder.Options{

@@ -103,7 +103,8 @@ var (
 	mAppended     = counter("trackd_spool_appended_total", "Events stored in the spool since start.")
 	mDeleted      = counter("trackd_spool_deleted_total", "Events removed from the spool after delivery since start.")
 	mDeadLettered = counter("trackd_spool_dead_lettered_total", "Events moved to the dead-letter store since start.")
-	mDropped      = counter("trackd_spool_dropped_total", "Events dropped by a configured policy since start, by reason (max_age, max_bytes).", "reason")
+	mDropped      = counter("trackd_spool_dropped_total", "Events dropped since start, by reason: a configured policy (max_age, max_bytes) or a record that failed its checksum (checksum).", "reason")
+	mSalvaged     = counter("trackd_spool_salvaged_total", "Events carried over at start from a spool file that was unreadable and moved aside.")
 	mCompactions  = counter("trackd_spool_compactions_total", "Times the spool file was compacted to give disk space back.")
 	mCommits      = counter("trackd_spool_commits_total", "Spool write transactions committed (each one fsync'd).")
 
@@ -119,7 +120,7 @@ var (
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []metricDesc{mQueued, mQueuedBytes, mDead, mDeadBytes, mFileBytes, mOldestAge, mAppended, mDeleted,
-		mDeadLettered, mDropped, mCompactions, mCommits, mFwdSent, mFwdDelivered, mFwdDead, mFwdRetried, mFwdThrottled,
+		mDeadLettered, mDropped, mSalvaged, mCompactions, mCommits, mFwdSent, mFwdDelivered, mFwdDead, mFwdRetried, mFwdThrottled,
 		mFwdRate, mFwdInFlight, mFwdPausedUntil} {
 		ch <- d.desc
 	}
@@ -146,6 +147,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(mDeadLettered, float64(s.DeadLettered))
 		emit(mDropped, float64(s.DroppedExpired), "max_age")
 		emit(mDropped, float64(s.DroppedFull), "max_bytes")
+		emit(mDropped, float64(s.DroppedCorrupt), "checksum")
+		emit(mSalvaged, float64(s.Salvaged))
 		emit(mCompactions, float64(s.Compactions))
 		emit(mCommits, float64(s.Commits))
 	}

@@ -139,7 +139,7 @@ func TestUnreadableFilesAreQuarantined(t *testing.T) {
 				t.Fatalf("the quarantined file must hold the original bytes (err %v)", err)
 			}
 			if logs.find("ERROR", "path="+path, "moved_to="+q) == "" {
-				t.Fatalf("want an error log naming both paths; logs: %q", logs.lines)
+				t.Fatalf("want an error log naming both paths; logs: %q", logs.all())
 			}
 			if st := s.Stats(); st.Queued != 0 || st.Dead != 0 {
 				t.Fatalf("a fresh spool must be empty: %+v", st)
@@ -337,6 +337,6 @@ func TestCrashedSpoolIsRecountedAndDamagedRecordsDropped(t *testing.T) {
 		}
 	}
 	if logs.find("ERROR", "checksum", "records=1") == "" {
-		t.Fatalf("the drop must be logged at error level; logs %q", logs.lines)
+		t.Fatalf("the drop must be logged at error level; logs %q", logs.all())
 	}
 }

@@ -96,7 +96,10 @@
 // mismatch) or that makes bbolt panic is renamed to
 // <path>.corrupt-<unix seconds>, the rename is fsynced, both paths are
 // logged at error level, Stats.Quarantined names the new path, and a fresh
-// spool starts. Open never fails and never crash-loops because of the
+// spool starts with every record of the old file that still proves good:
+// reached from its newest valid meta page, checksum intact, in queue order,
+// dead letters with their status and reason (Stats.Salvaged counts them;
+// see salvage.go). Open never fails and never crash-loops because of the
 // file's contents. A zero-length file is simply a new spool. Lock timeouts,
 // permission errors and other I/O errors are returned, never quarantined,
 // and so is a bbolt file that is not a spool.

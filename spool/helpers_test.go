@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,13 @@ func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
 	l.lines = append(l.lines, b.String())
 	l.mu.Unlock()
 	return nil
+}
+
+// all returns a copy of the lines logged so far.
+func (l *logRecorder) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.lines)
 }
 
 // find returns the first line containing every part, or "".

@@ -184,6 +184,9 @@ type Stats struct {
 	// Quarantined is the path the file was moved to at Open because it was
 	// unreadable; "" otherwise.
 	Quarantined string
+	// Salvaged counts the records (queued and dead letters) that Open
+	// carried over from the quarantined file into the fresh spool.
+	Salvaged uint64
 }
 
 // Errors returned by the spool. Callers compare with errors.Is; the
@@ -264,6 +267,9 @@ func Open(opts Options) (*Spool, error) {
 	}
 	if err := s.open(); err != nil {
 		return nil, err
+	}
+	if s.st.Quarantined != "" {
+		s.salvage(s.st.Quarantined)
 	}
 	s.wg.Add(1)
 	go s.run()

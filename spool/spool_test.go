@@ -325,7 +325,7 @@ func TestDropOldestDropsOnlyTheOldestAndCounts(t *testing.T) {
 		t.Fatalf("stats = %+v", st)
 	}
 	if line := logs.find("dropped the oldest", "records=2"); line == "" {
-		t.Fatalf("expected one summary log line, got %q", logs.lines)
+		t.Fatalf("expected one summary log line, got %q", logs.all())
 	}
 	if err := s.Accepting(); err != nil {
 		t.Fatalf("DropOldest always accepts: %v", err)
@@ -413,7 +413,7 @@ func TestExpiredRecordsAreNeverReadAndAreSwept(t *testing.T) {
 		t.Fatalf("Oldest = %v after the sweep", st.Oldest)
 	}
 	if logs.find("WARN", "expired") == "" {
-		t.Fatalf("the sweep must log a warning summary; logs: %q", logs.lines)
+		t.Fatalf("the sweep must log a warning summary; logs: %q", logs.all())
 	}
 }
 

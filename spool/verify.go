@@ -151,9 +151,9 @@ func checkFile(r io.ReaderAt, size int64) (*preflight, error) {
 	return checkTree(r, size, m, ps, true)
 }
 
-// readMeta finds the page size and picks the meta page bbolt would use:
+// pickMeta finds the page size and picks the meta page bbolt would use:
 // the valid one with the higher transaction ID.
-func readMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
+func pickMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
 	buf := make([]byte, 4096)
 	read := func(off int64) ([]byte, error) {
 		n, err := r.ReadAt(buf, off)
@@ -218,6 +218,17 @@ func readMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
 		return boltMeta{}, 0, unreadable("both meta pages are invalid: %v", err)
 	}
 	m.headersOK = headersOK
+	return m, ps, nil
+}
+
+// readMeta finds the page size and picks the meta page bbolt would use:
+// the valid one with the higher transaction ID, and checks that the pages
+// it names are within the file.
+func readMeta(r io.ReaderAt, size int64) (boltMeta, int64, error) {
+	m, ps, err := pickMeta(r, size)
+	if err != nil {
+		return boltMeta{}, 0, err
+	}
 	switch {
 	case int64(m.pageSize) != ps:
 		return boltMeta{}, 0, unreadable("meta page says page size %d, but %d was found", m.pageSize, ps)
@@ -417,14 +428,10 @@ func (c *fileChecker) leaf(buf []byte, id uint64, count int, minClosed, maxOpen 
 	}
 	running := minClosed
 	for i := 0; i < count; i++ {
-		e := pageHeaderSize + i*elemSize
-		flags := ne.Uint32(buf[e:])
-		pos, ksize, vsize := uint64(ne.Uint32(buf[e+4:])), uint64(ne.Uint32(buf[e+8:])), uint64(ne.Uint32(buf[e+12:]))
-		start := uint64(e) + pos
-		if start+ksize+vsize > uint64(len(buf)) {
+		flags, key, val, ok := leafElement(buf, i)
+		if !ok {
 			return nil, nil, unreadable("page %d element %d points outside the page", id, i)
 		}
-		key, val := buf[start:start+ksize], buf[start+ksize:start+ksize+vsize]
 		if err := keyOrder(id, i, key, running, maxOpen); err != nil {
 			return nil, nil, err
 		}
@@ -445,6 +452,19 @@ func (c *fileChecker) leaf(buf []byte, id uint64, count int, minClosed, maxOpen 
 		return nil, nil, nil
 	}
 	return first, bytes.Clone(running), nil
+}
+
+// leafElement returns element i of the leaf page in buf, or ok false if it
+// points outside the page. The caller checks that the element header fits.
+func leafElement(buf []byte, i int) (flags uint32, key, val []byte, ok bool) {
+	e := pageHeaderSize + i*elemSize
+	flags = ne.Uint32(buf[e:])
+	pos, ksize, vsize := uint64(ne.Uint32(buf[e+4:])), uint64(ne.Uint32(buf[e+8:])), uint64(ne.Uint32(buf[e+12:]))
+	start := uint64(e) + pos
+	if start+ksize+vsize > uint64(len(buf)) {
+		return 0, nil, nil, false
+	}
+	return flags, buf[start : start+ksize], buf[start+ksize : start+ksize+vsize], true
 }
 
 // keyOrder applies bbolt's key order rules to element i of page id.

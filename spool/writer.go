@@ -35,7 +35,8 @@ const (
 	opRequeue
 	opAddAttempt
 	opSetState
-	opSweep // drop expired records; the writer's timer and tests send it
+	opSweep   // drop expired records; the writer's timer and tests send it
+	opSalvage // store records read back from a quarantined file (salvage.go)
 )
 
 // request is one call waiting for the writer. done has capacity one, so
@@ -48,7 +49,10 @@ type request struct {
 	status int
 	reason string
 	bytes  int64 // opAppend: stored size of vals, key included
-	done   chan error
+	// opSalvage: the records, in order, and how many the writer stored.
+	salvaged []salvaged
+	stored   int
+	done     chan error
 }
 
 // gcReport carries keys that a Read skipped because they were expired or
@@ -178,6 +182,7 @@ type txn struct {
 	dirty         bool
 
 	appended, deleted, deadLettered, requeued   uint64
+	salvaged                                    uint64
 	droppedExpired, droppedFull, droppedCorrupt uint64
 	droppedFullBytes                            int64
 
@@ -260,17 +265,8 @@ func (s *Spool) commit(batch []*request, rep *gcReport) (sweepMore bool) {
 		}
 		return false
 	}
-	s.publish(t)
-	if t.added {
-		// Before the replies, so a caller sees the signal once Append returns.
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
-	}
-	for i, r := range batch {
-		r.done <- results[i]
-	}
+	// Logged before the effects show in Stats and before the replies, so
+	// that whoever sees a drop also finds it in the log.
 	if t.droppedFull > 0 {
 		s.log.Warn("spool full: dropped the oldest records to make room", "path", s.path,
 			"records", t.droppedFull, "bytes", t.droppedFullBytes, "max_bytes", s.opts.MaxBytes, "spool_depth", t.c.queued)
@@ -281,6 +277,17 @@ func (s *Spool) commit(batch []*request, rep *gcReport) (sweepMore bool) {
 	}
 	if t.droppedCorrupt > 0 {
 		s.log.Error("dropped spool records that failed their checksum", "path", s.path, "records", t.droppedCorrupt)
+	}
+	s.publish(t)
+	if t.added {
+		// Before the replies, so a caller sees the signal once Append returns.
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+	for i, r := range batch {
+		r.done <- results[i]
 	}
 	s.maybeCompact(t.size)
 	s.prezero(t.size)
@@ -310,6 +317,7 @@ func (s *Spool) publish(t *txn) {
 	s.st.DroppedExpired += t.droppedExpired
 	s.st.DroppedFull += t.droppedFull
 	s.st.DroppedCorrupt += t.droppedCorrupt
+	s.st.Salvaged += t.salvaged
 	s.st.Commits++
 	switch {
 	case t.fullState > 0:
@@ -415,6 +423,8 @@ func (t *txn) apply(r *request) (res, err error) {
 		return nil, t.meta.Put(r.key, r.vals[0])
 	case opSweep:
 		return nil, t.sweep(sweepLimit)
+	case opSalvage:
+		return t.restore(r)
 	}
 	return nil, fmt.Errorf("unknown request %d", r.op)
 }

@@ -303,6 +303,12 @@ func TestCorruptSpoolFilesNeverStopTrackd(t *testing.T) {
 		d, restarts := supervise(t, d, cfg, "branch key")
 		n, most := delivered(t, "branch key")
 		t.Logf("%d of %d events delivered, at most %d times each; %d restarts", n, len(bodies), most, restarts)
+		// Reading in order still sees every record, and whatever was not
+		// yet deleted when the damage made trackd stop is carried over
+		// from the quarantined file at the next start.
+		if n < len(bodies) {
+			t.Errorf("%d events were not delivered", len(bodies)-n)
+		}
 		d.stopClean()
 	})
 
