@@ -138,6 +138,9 @@ func (w *salvageWalker) read(id uint64, depth int) (buf []byte, ok bool, err err
 		if _, err := w.r.ReadAt(buf, int64(id)*w.ps); err != nil {
 			return nil, false, fmt.Errorf("read page %d: %w", id, err)
 		}
+		for p := id + 1; p <= id+ov; p++ {
+			w.visited.set(p) // a page inside another is not a page of its own
+		}
 	}
 	return buf, true, nil
 }
