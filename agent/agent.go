@@ -193,6 +193,11 @@ func (a *Agent) Status() any {
 			"oldest_age":      oldest,
 			"dropped_max_age": st.DroppedExpired,
 			"dropped_full":    st.DroppedFull,
+			// A record that failed its checksum, and what the last start
+			// moved aside as unreadable and carried over from it.
+			"dropped_checksum": st.DroppedCorrupt,
+			"quarantined":      st.Quarantined,
+			"salvaged":         st.Salvaged,
 		},
 		"forwarder": map[string]any{
 			"upstream":      redactURL(a.cfg.Upstream.URL),

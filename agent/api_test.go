@@ -357,6 +357,15 @@ func TestCorruptSpoolIsQuarantinedAndTrackdStarts(t *testing.T) {
 			if len(moved) != 1 {
 				t.Fatalf("quarantined files: %v, want one %s.corrupt-<unix>", moved, cfg.Spool.Path)
 			}
+			r := do(t, ta.tcp, "GET", ta.tcpURL+"/status", nil, nil)
+			var st struct {
+				Spool struct {
+					Quarantined string `json:"quarantined"`
+				} `json:"spool"`
+			}
+			if err := json.Unmarshal([]byte(r.body), &st); err != nil || st.Spool.Quarantined != moved[0] {
+				t.Fatalf("/status must name the quarantined file %s: %d %s (%v)", moved[0], r.status, r.body, err)
+			}
 		})
 	}
 }
