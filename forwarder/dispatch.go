@@ -192,6 +192,11 @@ func (d *dispatcher) loop(ctx context.Context) {
 	defer timer.Stop()
 	drain := d.f.drain
 	for {
+		if d.drainThrottled {
+			// Stop before sending more to an upstream that throttles the
+			// drain; what is in flight is still collected by run.
+			return
+		}
 		now := d.f.now()
 		d.refill(now)
 		wake := d.dispatch(ctx, now)

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -17,10 +18,13 @@ import (
 // usually intact, and a record nobody replays is as good as lost. So after
 // a quarantine the fresh spool takes over every record of the old file that
 // can still be proven good: reached from the newest valid meta page through
-// the queue or dead bucket, and passing its own checksum (which covers the
-// key and the whole value). Nothing else is trusted: pages are bounds
-// checked and visited at most once, and a damaged page costs its own
-// subtree, not the walk. Records come out in key order, so the queue keeps
+// the queue or dead bucket along branch keys that match the pages they
+// point to, in key order, and passing its own checksum (which covers the
+// key and the whole value). Nothing else is trusted: every byte of the file
+// is read at most once whatever its pages claim, a damaged page costs its
+// own subtree, not the walk, and a damaged pointer that lands on an old,
+// freed page (whose records may have been delivered long ago) is not
+// followed. Records come out in key order, each once, so the queue keeps
 // its FIFO order; they get new IDs in the fresh spool. The quarantined file
 // stays where it is, untouched.
 
@@ -56,10 +60,14 @@ type salvageWalker struct {
 	bufs    [][]byte
 	bad     int
 	emit    func(salvaged) error
+	// last is the last key emitted: keys only go up within a bucket, so a
+	// record is never handed out twice and the queue keeps its order.
+	last []byte
 }
 
 // walkSalvage calls emit for every provably good record of the file at
-// path, in key order. It returns how many records or pages it had to skip.
+// path: the queue's first, in order, then the dead letters. It returns how
+// many records or pages it had to skip.
 func walkSalvage(path string, emit func(salvaged) error) (unreadable int, err error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -74,8 +82,9 @@ func walkSalvage(path string, emit func(salvaged) error) (unreadable int, err er
 }
 
 // salvageRecords walks the bbolt file r of size bytes from its newest valid
-// meta page and calls emit for every queue and dead record that passes its
-// checksum. A file without a valid meta page yields nothing.
+// meta page and calls emit for every queue record, then every dead letter,
+// that passes its checksum and sits where the tree's keys say it should. A
+// file without a valid meta page yields nothing.
 func salvageRecords(r io.ReaderAt, size int64, emit func(salvaged) error) (unreadable int, err error) {
 	// A truncated file still has a valid meta page whose tree reaches past
 	// the end; the walk skips what is missing.
@@ -88,36 +97,185 @@ func salvageRecords(r io.ReaderAt, size int64, emit func(salvaged) error) (unrea
 	}
 	hwm := min(m.hwm, uint64(size/ps))
 	w := &salvageWalker{r: r, ps: ps, hwm: hwm, visited: newBitmap(hwm), emit: emit}
-	err = w.page(m.root, bkRoot, 0)
-	return w.bad, err
+	// The root of a spool is one leaf page holding its three buckets.
+	root, ok, err := w.read(m.root, 0)
+	if err != nil || !ok {
+		return w.bad, err
+	}
+	if ne.Uint16(root[8:]) != leafPageFlag {
+		return w.bad + 1, nil
+	}
+	root = bytes.Clone(root)
+	// Queue first: if the fresh spool fills up, sendable records matter
+	// more than dead letters.
+	for _, want := range []bucketKind{bkQueue, bkDead} {
+		w.last = nil
+		count := w.elements(root)
+		for i := 0; i < count; i++ {
+			flags, name, val, ok := leafElement(root, i)
+			if !ok {
+				w.bad++
+				continue
+			}
+			if flags&bucketLeafFlag == 0 || bucketKindOf(name) != want {
+				continue
+			}
+			if err := w.bucket(val, want); err != nil {
+				return w.bad, err
+			}
+		}
+	}
+	return w.bad, nil
 }
 
-// page walks the subtree at id. Only emit's errors and I/O errors end the
-// walk; damage is counted and skipped.
-func (w *salvageWalker) page(id uint64, bk bucketKind, depth int) error {
-	buf, ok, err := w.read(id, depth)
-	if err != nil || !ok {
-		return err
+func bucketKindOf(name []byte) bucketKind {
+	switch string(name) {
+	case string(bucketQueue):
+		return bkQueue
+	case string(bucketDead):
+		return bkDead
 	}
+	return bkOther
+}
+
+// bucket walks a queue or dead bucket given its header value.
+func (w *salvageWalker) bucket(val []byte, bk bucketKind) error {
+	if len(val) < bucketHeaderSize {
+		w.bad++
+		return nil
+	}
+	if root := ne.Uint64(val); root != 0 {
+		return w.page(root, bk, 1, nil, nil)
+	}
+	p := val[bucketHeaderSize:] // an inline bucket: its leaf follows the header
+	if len(p) < pageHeaderSize || ne.Uint16(p[8:]) != leafPageFlag {
+		w.bad++
+		return nil
+	}
+	return w.leaf(p, bk, nil, nil)
+}
+
+// elements is the element count of page buf, cut to what fits.
+func (w *salvageWalker) elements(buf []byte) int {
 	count := int(ne.Uint16(buf[10:]))
 	if pageHeaderSize+count*elemSize > len(buf) {
 		w.bad++
 		count = (len(buf) - pageHeaderSize) / elemSize
 	}
-	if ne.Uint16(buf[8:]) == leafPageFlag {
-		return w.leaf(buf, count, bk, depth)
+	return count
+}
+
+// page walks the subtree at id, whose keys must be >= minClosed and
+// < maxOpen (nil: unbounded). A branch element is followed only if the
+// page it points to starts with its key, as bbolt always writes them: a
+// damaged pointer then lands on a page whose keys do not fit (often an
+// old, freed copy of some page, whose records were delivered long ago) and
+// that subtree is skipped instead of handed out. If the key itself is
+// damaged (out of order), the child is still followed when its own first
+// key fits between its neighbours. Only emit's errors and I/O errors end
+// the walk.
+func (w *salvageWalker) page(id uint64, bk bucketKind, depth int, minClosed, maxOpen []byte) error {
+	buf, ok, err := w.read(id, depth)
+	if err != nil || !ok {
+		return err
 	}
+	count := w.elements(buf)
+	if ne.Uint16(buf[8:]) == leafPageFlag {
+		return w.leaf(buf, bk, minClosed, maxOpen)
+	}
+	var prev []byte
 	for i := 0; i < count; i++ {
-		e := pageHeaderSize + i*elemSize
-		if err := w.page(ne.Uint64(buf[e+8:]), bk, depth+1); err != nil {
+		key, child, ok := branchElement(buf, i)
+		if !ok {
+			w.bad++
+			continue
+		}
+		keyOK := (prev == nil || bytes.Compare(key, prev) > 0) && inRange(key, minClosed, maxOpen)
+		next := maxOpen
+		if i+1 < count {
+			if k, _, ok := branchElement(buf, i+1); ok && (!keyOK || bytes.Compare(k, key) > 0) && inRange(k, minClosed, maxOpen) {
+				next = k
+			}
+		}
+		first, ok, err := w.firstKey(child)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !ok:
+			w.bad++
+			continue
+		case keyOK && !bytes.Equal(first, key):
+			// The pointer is damaged, or points at a stale page.
+			w.bad++
+			continue
+		case !keyOK && ((prev != nil && bytes.Compare(first, prev) <= 0) || !inRange(first, minClosed, next)):
+			// The key is damaged and the child does not fit in its place
+			// either.
+			w.bad++
+			continue
+		}
+		if !keyOK {
+			w.bad++ // the key itself, though its child is good
+		}
+		prev = first
+		if err := w.page(child, bk, depth+1, first, next); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// firstKey returns the first key of page id without marking it visited.
+func (w *salvageWalker) firstKey(id uint64) ([]byte, bool, error) {
+	if id < 2 || id >= w.hwm {
+		return nil, false, nil
+	}
+	var hdr [pageHeaderSize + elemSize]byte
+	if _, err := w.r.ReadAt(hdr[:], int64(id)*w.ps); err != nil {
+		return nil, false, fmt.Errorf("read page %d: %w", id, err)
+	}
+	flags := ne.Uint16(hdr[8:])
+	if ne.Uint16(hdr[10:]) == 0 || (flags != leafPageFlag && flags != branchPageFlag) {
+		return nil, false, nil
+	}
+	// The key's offset is relative to its element; element 0's header is
+	// at pageHeaderSize.
+	var pos, ksize uint64
+	if flags == leafPageFlag {
+		pos, ksize = uint64(ne.Uint32(hdr[pageHeaderSize+4:])), uint64(ne.Uint32(hdr[pageHeaderSize+8:]))
+	} else {
+		pos, ksize = uint64(ne.Uint32(hdr[pageHeaderSize:])), uint64(ne.Uint32(hdr[pageHeaderSize+4:]))
+	}
+	if ksize > uint64(w.ps) || pos > uint64(w.ps) {
+		return nil, false, nil
+	}
+	key := make([]byte, ksize)
+	if _, err := w.r.ReadAt(key, int64(id)*w.ps+int64(pageHeaderSize)+int64(pos)); err != nil {
+		return nil, false, nil // past the end of a truncated file
+	}
+	return key, true, nil
+}
+
+// branchElement returns element i of the branch page in buf.
+func branchElement(buf []byte, i int) (key []byte, child uint64, ok bool) {
+	e := pageHeaderSize + i*elemSize
+	pos, ksize := uint64(ne.Uint32(buf[e:])), uint64(ne.Uint32(buf[e+4:]))
+	start := uint64(e) + pos
+	if start+ksize > uint64(len(buf)) {
+		return nil, 0, false
+	}
+	return buf[start : start+ksize], ne.Uint64(buf[e+8:]), true
+}
+
+func inRange(key, minClosed, maxOpen []byte) bool {
+	return (minClosed == nil || bytes.Compare(key, minClosed) >= 0) && (maxOpen == nil || bytes.Compare(key, maxOpen) < 0)
+}
+
 // read returns page id with its overflow pages, or ok false if it is out
-// of range, already visited, too deep or not a branch or leaf page.
+// of range, already visited (or inside a page already read), too deep or
+// not a branch or leaf page. So every byte of the file is read at most
+// once, whatever its pages claim.
 func (w *salvageWalker) read(id uint64, depth int) (buf []byte, ok bool, err error) {
 	if depth > maxTreeDepth || id < 2 || id >= w.hwm || w.visited.get(id) {
 		w.bad++
@@ -134,12 +292,18 @@ func (w *salvageWalker) read(id uint64, depth int) (buf []byte, ok bool, err err
 		return nil, false, nil
 	}
 	if ov > 0 {
+		for p := id + 1; p <= id+ov; p++ {
+			if w.visited.get(p) {
+				w.bad++
+				return nil, false, nil
+			}
+		}
+		for p := id + 1; p <= id+ov; p++ {
+			w.visited.set(p)
+		}
 		buf = w.buffer(depth, int64(1+ov)*w.ps)
 		if _, err := w.r.ReadAt(buf, int64(id)*w.ps); err != nil {
 			return nil, false, fmt.Errorf("read page %d: %w", id, err)
-		}
-		for p := id + 1; p <= id+ov; p++ {
-			w.visited.set(p) // a page inside another is not a page of its own
 		}
 	}
 	return buf, true, nil
@@ -158,70 +322,40 @@ func (w *salvageWalker) buffer(depth int, n int64) []byte {
 	return w.bufs[depth][:n]
 }
 
-func (w *salvageWalker) leaf(buf []byte, count int, bk bucketKind, depth int) error {
+// leaf hands out the records of a leaf page of bucket bk whose keys are in
+// [minClosed, maxOpen), above every key handed out before, and whose
+// checksums verify.
+func (w *salvageWalker) leaf(buf []byte, bk bucketKind, minClosed, maxOpen []byte) error {
+	count := w.elements(buf)
 	for i := 0; i < count; i++ {
 		flags, key, val, ok := leafElement(buf, i)
-		if !ok {
+		if !ok || flags&bucketLeafFlag != 0 || !inRange(key, minClosed, maxOpen) ||
+			(w.last != nil && bytes.Compare(key, w.last) <= 0) {
 			w.bad++
 			continue
 		}
-		switch {
-		case flags&bucketLeafFlag != 0:
-			if err := w.bucket(key, val, bk, depth); err != nil {
-				return err
-			}
-		case bk == bkQueue:
+		var x salvaged
+		if bk == bkQueue {
 			r, err := decodeRecord(key, val)
-			if err != nil {
+			if err != nil || len(r.Body) > maxBodyBytes {
 				w.bad++
 				continue
 			}
-			if err := w.emit(salvaged{rec: r}); err != nil {
-				return err
-			}
-		case bk == bkDead:
+			x = salvaged{rec: r}
+		} else {
 			d, err := decodeDead(key, val)
-			if err != nil {
+			if err != nil || len(d.Body) > maxBodyBytes {
 				w.bad++
 				continue
 			}
-			if err := w.emit(salvaged{dead: true, rec: d.Record, status: d.Status, reason: d.Reason, deadAt: d.DeadAt}); err != nil {
-				return err
-			}
+			x = salvaged{dead: true, rec: d.Record, status: d.Status, reason: d.Reason, deadAt: d.DeadAt}
+		}
+		w.last = append(w.last[:0], key...)
+		if err := w.emit(x); err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-// bucket follows the queue and dead buckets of the root; nothing else
-// holds records.
-func (w *salvageWalker) bucket(name, val []byte, parent bucketKind, depth int) error {
-	if parent != bkRoot || len(val) < bucketHeaderSize {
-		return nil
-	}
-	var kind bucketKind
-	switch string(name) {
-	case string(bucketQueue):
-		kind = bkQueue
-	case string(bucketDead):
-		kind = bkDead
-	default:
-		return nil
-	}
-	if root := ne.Uint64(val); root != 0 {
-		return w.page(root, kind, depth+1)
-	}
-	p := val[bucketHeaderSize:] // an inline bucket: its leaf follows the header
-	if len(p) < pageHeaderSize || ne.Uint16(p[8:]) != leafPageFlag {
-		w.bad++
-		return nil
-	}
-	count := int(ne.Uint16(p[10:]))
-	if pageHeaderSize+count*elemSize > len(p) {
-		w.bad++
-		count = (len(p) - pageHeaderSize) / elemSize
-	}
-	return w.leaf(p, count, kind, depth+1)
 }
 
 // salvage carries the good records of the quarantined file at path into
