@@ -165,11 +165,10 @@ func TestDiskErrorsAnswer503AndRecover(t *testing.T) {
 		t.Errorf("healthz while writes fail: %d %v", st, err)
 	}
 	rz, _, _ := d.get("/readyz")
-	if lines := d.log.lines("level=ERROR", "cannot store events"); len(lines) == 0 {
-		t.Errorf("no error-level log line saying events cannot be stored")
-	} else {
-		t.Logf("logged: %s", lines[0])
-	}
+	waitFor(t, "an error-level log line saying events cannot be stored", 10*time.Second, func() bool {
+		return len(d.log.lines("level=ERROR", "cannot store events")) > 0
+	})
+	t.Logf("logged: %s", d.log.lines("level=ERROR", "cannot store events")[0])
 	oncePerEpisode(t, d)
 
 	// Space returns: trackd must take events again without a restart.
