@@ -138,20 +138,18 @@ func TestCorruptSpoolFilesNeverStopTrackd(t *testing.T) {
 		waitFor(t, "the new event to reach upstream", 10*time.Second, func() bool { return up.deliveredIDs()[id] > 0 })
 	}
 
-	t.Run("garbage", func(t *testing.T) {
-		d, cfg, moved := startOn(t, func(p string) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, p string)
+	}{
+		{"garbage", func(t *testing.T, p string) {
 			b := make([]byte, 256<<10)
 			_, _ = rand.Read(b)
 			if err := os.WriteFile(p, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		})
-		saysQuarantined(t, d, cfg, moved)
-		works(t, d)
-		d.stopClean()
-	})
-	t.Run("garbage after a valid header", func(t *testing.T) {
-		d, cfg, moved := startOn(t, func(p string) {
+		}},
+		{"garbage after a valid header", func(t *testing.T, p string) {
 			copyFile(t, pristine, p)
 			f, err := os.OpenFile(p, os.O_WRONLY, 0)
 			if err != nil {
@@ -161,33 +159,27 @@ func TestCorruptSpoolFilesNeverStopTrackd(t *testing.T) {
 			_, _ = rand.Read(junk)
 			_, _ = f.WriteAt(junk, 8192) // both meta pages kept, every other page garbage
 			f.Close()
-		})
-		saysQuarantined(t, d, cfg, moved)
-		works(t, d)
-		d.stopClean()
-	})
-	t.Run("truncated", func(t *testing.T) {
-		d, cfg, moved := startOn(t, func(p string) {
+		}},
+		{"truncated", func(t *testing.T, p string) {
 			copyFile(t, pristine, p)
 			if err := os.Truncate(p, used/2); err != nil {
 				t.Fatal(err)
 			}
-		})
-		saysQuarantined(t, d, cfg, moved)
-		works(t, d)
-		d.stopClean()
-	})
-	t.Run("truncated to less than a page", func(t *testing.T) {
-		d, cfg, moved := startOn(t, func(p string) {
+		}},
+		{"truncated to less than a page", func(t *testing.T, p string) {
 			copyFile(t, pristine, p)
 			if err := os.Truncate(p, 100); err != nil {
 				t.Fatal(err)
 			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, cfg, moved := startOn(t, func(p string) { tc.damage(t, p) })
+			saysQuarantined(t, d, cfg, moved)
+			works(t, d)
+			d.stopClean()
 		})
-		saysQuarantined(t, d, cfg, moved)
-		works(t, d)
-		d.stopClean()
-	})
+	}
 	t.Run("zero-length is a new spool", func(t *testing.T) {
 		d, cfg, moved := startOn(t, func(p string) {
 			if err := os.WriteFile(p, nil, 0o600); err != nil {
